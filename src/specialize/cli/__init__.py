@@ -1,0 +1,1 @@
+"""The `specialize` command line: parse, call one library function, render."""

@@ -1,0 +1,236 @@
+"""One YAML file describes one run; this module reads, validates and saves it.
+
+Reads a YAML config plus dotted `--set key=value` overrides, validates every value with pydantic (unknown keys are
+errors that name the key, all problems are reported at once) and resolves data paths relative to the config file.
+`save_resolved` writes `config.resolved.yaml` into a run: every value, defaults included, with package versions
+and the git revision, so a run can be reproduced from its directory alone.
+"""
+
+from __future__ import annotations
+
+import difflib
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from specialize.errors import ConfigError
+
+DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Where the examples come from and how they become training sequences."""
+
+    train: Path = Field(description="Training file (OpenAI chat JSONL; a `label` field marks classification).")
+    validation: Path | None = Field(None, description="Validation file; split off `train` when absent.")
+    validation_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of train held out if no file.")
+    label_field: str = Field("label", description="Row key holding the gold label of a classification example.")
+    system_prompt: str | None = Field(None, description="System message put before every conversation.")
+    max_tokens: int = Field(1024, gt=8, description="Longer examples (templated, in tokens) go to rejects.")
+    max_train_examples: int | None = Field(None, gt=0, description="Keep a seeded sample of this many.")
+
+
+class LoraConfig(_Section):
+    """Low-rank adapter shape (LoRA, or DoRA with `train.adapter: dora`)."""
+
+    rank: int = Field(16, gt=0)
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    rslora: bool = Field(False, description="Scale by alpha/sqrt(rank) instead of alpha/rank.")
+
+
+class TrainConfig(_Section):
+    """How the base model is fine-tuned."""
+
+    method: Literal["sft"] = "sft"
+    adapter: Literal["lora", "dora"] | None = Field("lora", description="null fine-tunes every weight.")
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
+    batch_size: int = Field(8, gt=0)
+    gradient_accumulation: int = Field(1, gt=0)
+    learning_rate: float = Field(2e-4, gt=0, lt=1)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    log_every: int = Field(5, gt=0, description="Record the loss every this many steps.")
+
+
+EvalSystem = Literal["base_zero_shot", "base_few_shot", "fine_tuned"]
+
+
+class EvalConfig(_Section):
+    """What the fine-tuned model is compared against, on the validation split."""
+
+    systems: list[EvalSystem] = Field(default_factory=lambda: ["base_zero_shot", "base_few_shot", "fine_tuned"])
+    few_shot_k: int = Field(3, ge=1, le=16, description="Training examples put in a few-shot prompt.")
+    max_examples: int | None = Field(None, gt=0, description="Evaluate on a seeded sample of this many.")
+
+
+class RunConfig(_Section):
+    """Everything one run needs; each stage receives only its own section."""
+
+    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    base_model: str = DEFAULT_BASE_MODEL
+    seed: int = 0
+    runs_dir: Path = Path("runs")
+    registry: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<runs_dir>/registry.db")
+    data: DataConfig
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _few_shot_needs_examples(self) -> RunConfig:
+        if self.data.max_train_examples is not None and self.data.max_train_examples < self.eval.few_shot_k:
+            raise ValueError(
+                f"data.max_train_examples ({self.data.max_train_examples}) is below eval.few_shot_k "
+                f"({self.eval.few_shot_k}); few-shot prompts need that many training examples"
+            )
+        return self
+
+    @property
+    def registry_url(self) -> str:
+        return self.registry or f"sqlite:///{(self.runs_dir / 'registry.db').as_posix()}"
+
+
+def load_config(path: Path | str | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a run config from YAML, apply `key=value` overrides and validate it.
+
+    Args:
+        path: the YAML file; None starts from an empty config (then `data.train` must come from an override).
+        overrides: dotted assignments such as `train.learning_rate=1e-4`; values are parsed as YAML scalars.
+
+    Returns:
+        The validated config, with relative data paths made relative to the config file's folder and
+        `runs_dir` relative to the current directory.
+
+    Raises:
+        ConfigError: naming the file, every bad key and the fix, all at once.
+    """
+    source = str(path) if path is not None else "--set"
+    raw: dict[str, Any] = {}
+    base_dir = Path.cwd()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; pass the path of a run YAML file")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+            raise ConfigError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not UTF-8 text; save the config as UTF-8") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys (name:, data:, train:, ...)")
+        raw = loaded
+        base_dir = path.resolve().parent
+        if "name" not in raw:
+            raw["name"] = path.stem
+    for item in overrides or []:
+        _apply_override(raw, item)
+    try:
+        config = RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None
+    data = config.data
+    data.train = _relative_to(data.train, base_dir)
+    if data.validation is not None:
+        data.validation = _relative_to(data.validation, base_dir)
+    return config
+
+
+def _relative_to(path: Path, base_dir: Path) -> Path:
+    path = path.expanduser()
+    return path if path.is_absolute() else base_dir / path
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, for example --set train.learning_rate=1e-4")
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {item!r}: {part} is a value, not a section")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(value)
+    except yaml.YAMLError:
+        node[parts[-1]] = value
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown key '{key}'{_suggest(err['loc'])}; remove or rename it")
+        elif err["type"] == "missing":
+            lines.append(f"{source}: missing key '{key}'; add it to the config or pass --set {key}=...")
+        else:
+            got = err.get("input")
+            lines.append(
+                f"{source}: {key}: {err['msg']} (got {got!r}); fix it in the config or pass --set {key}=..."
+            )
+    return "\n".join(lines)
+
+
+def _suggest(loc: tuple[Any, ...]) -> str:
+    model: type[BaseModel] = RunConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return ""
+        model = annotation
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def save_resolved(config: RunConfig, path: Path) -> None:
+    """Write every config value, defaults included, plus versions and git revision, atomically."""
+    doc: dict[str, Any] = config.model_dump(mode="json")
+    doc["_provenance"] = {"packages": _versions(), "git_revision": _git_revision()}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    tmp.replace(path)
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in ("specialize", "torch", "transformers", "peft", "python"):
+        if name == "python":
+            import platform
+
+            out[name] = platform.python_version()
+            continue
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _git_revision() -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None

@@ -1,0 +1,71 @@
+"""The base model's chat template, and which tokens a model learns from.
+
+Training computes the loss on assistant tokens only. The mask is found on the rendered text, not by re-tokenising
+prefixes: a chat template renders `messages[:i]` plus the generation prompt as a string prefix of the whole
+conversation, and the fast tokenizer's offsets map those character spans onto tokens, whatever the tokenizer merges
+across the boundary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Token ids of one conversation, and the training target of each (IGNORE where no loss is taken)."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def n_target(self) -> int:
+        return sum(label != IGNORE for label in self.labels)
+
+
+def with_system(messages: list[dict[str, str]], system_prompt: str | None) -> list[dict[str, str]]:
+    """Put the configured system prompt first, unless the conversation brings its own."""
+    if system_prompt is None or (messages and messages[0]["role"] == "system"):
+        return messages
+    return [{"role": "system", "content": system_prompt}, *messages]
+
+
+def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    """The text a model continues to answer the last user turn."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def encode_conversation(tokenizer: Any, messages: list[dict[str, str]]) -> Encoded:
+    """Tokenise a whole conversation; every assistant turn (with its end-of-turn token) is a target."""
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    spans = []
+    for i, msg in enumerate(messages):
+        if msg["role"] != "assistant":
+            continue
+        start = len(render_prompt(tokenizer, messages[:i]))
+        end = len(tokenizer.apply_chat_template(messages[: i + 1], tokenize=False))
+        if full[:start] != render_prompt(tokenizer, messages[:i]):
+            raise ValueError("the chat template does not render conversations prefix-consistently")
+        spans.append((start, end))
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids = enc["input_ids"]
+    labels = [IGNORE] * len(ids)
+    for t, (a, b) in enumerate(enc["offset_mapping"]):
+        if any(start <= a and b <= end and b > a for start, end in spans):
+            labels[t] = ids[t]
+    # Tokens whose label is the id they predict are shifted by the trainer; keep the whitespace after the
+    # end-of-turn token out of the loss so the model learns to stop, not to emit template filler.
+    return Encoded(ids, _trim_trailing_whitespace(tokenizer, ids, labels))
+
+
+def _trim_trailing_whitespace(tokenizer: Any, ids: list[int], labels: list[int]) -> list[int]:
+    out = list(labels)
+    for t in range(len(ids)):
+        if out[t] != IGNORE and (t + 1 == len(ids) or out[t + 1] == IGNORE):
+            while t >= 0 and out[t] != IGNORE and not tokenizer.decode([ids[t]]).strip():
+                out[t] = IGNORE
+                t -= 1
+    return out

@@ -1,0 +1,130 @@
+"""The HTML report of a run: comparison table, loss curve and confusion matrices, in one self-contained file.
+
+Reads `train/metrics.jsonl`, `eval/report.json` and `data/audit.json` of a run; writes `eval/report.html` with the
+plots embedded as PNG, so the report can be mailed or archived as a single file.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from specialize.runs import write_atomic
+
+SYSTEM_NAMES = {"base_zero_shot": "base, zero-shot", "base_few_shot": "base, few-shot", "fine_tuned": "fine-tuned"}
+TABLE_METRICS = {
+    "classification": ["accuracy", "macro_precision", "macro_recall", "macro_f1"],
+    "generation": ["exact_match", "perplexity"],
+}
+
+
+def comparison_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the system-by-metric table, shared by the terminal and the HTML report."""
+    names = TABLE_METRICS[report["task"]]
+    rows = [
+        [SYSTEM_NAMES.get(system, system), *(f"{m[name]:.3f}" for name in names)]
+        for system, m in report["systems"].items()
+    ]
+    return ["system", *names], rows
+
+
+def write_html_report(run_root: Path, title: str) -> Path:
+    """Render `eval/report.html` for the run at `run_root` and return its path."""
+    report = json.loads((run_root / "eval" / "report.json").read_text(encoding="utf-8"))
+    header, rows = comparison_rows(report)
+    parts = [f"<h1>{html.escape(title)}</h1>",
+             f"<p>{report['n_examples']} validation examples, task: {report['task']}.</p>",
+             _table(header, rows)]
+    metrics_file = run_root / "train" / "metrics.jsonl"
+    if metrics_file.exists():
+        points = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+        points = [p for p in points if "loss" in p]
+        if points:
+            parts += ["<h2>Training loss</h2>", _img(_loss_plot(points))]
+    if report["task"] == "classification":
+        parts.append("<h2>Confusion matrices (rows: gold, columns: predicted)</h2>")
+        parts += [_img(_confusion_plot(SYSTEM_NAMES.get(s, s), m["confusion_matrix"], report["labels"]))
+                  for s, m in report["systems"].items()]
+        parts += ["<h2>Per-class F1</h2>", _per_class_table(report)]
+    audit = run_root / "data" / "audit.json"
+    if audit.exists():
+        parts += ["<h2>Data audit</h2>", f"<pre>{html.escape(audit.read_text(encoding='utf-8'))}</pre>"]
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>" + html.escape(title) + "</title><style>"
+        "body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}"
+        "td:first-child,th:first-child{text-align:left}img{max-width:100%}</style></head><body>"
+        + "\n".join(parts) + "</body></html>"
+    )
+    path = run_root / "eval" / "report.html"
+    write_atomic(path, page)
+    return path
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _per_class_table(report: dict[str, Any]) -> str:
+    systems = list(report["systems"])
+    header = ["label", "support", *(SYSTEM_NAMES.get(s, s) for s in systems)]
+    first = report["systems"][systems[0]]
+    rows = [[label, str(first["support"][label]), *(f"{report['systems'][s]['per_class_f1'][label]:.2f}"
+                                                     for s in systems)] for label in report["labels"]]
+    return _table(header, rows)
+
+
+def _figure() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _loss_plot(points: list[dict[str, Any]]) -> bytes:
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.plot([p["step"] for p in points], [p["loss"] for p in points], label="training loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _png(fig)
+
+
+def _confusion_plot(name: str, matrix: list[list[int]], labels: list[str]) -> bytes:
+    plt = _figure()
+    size = max(4.0, 0.45 * len(labels) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    if len(labels) <= 20:
+        for i, row in enumerate(matrix):
+            for j, value in enumerate(row):
+                if value:
+                    ax.text(j, i, str(value), ha="center", va="center", fontsize=7)
+    ax.set_title(name)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("gold")
+    return _png(fig)
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=90)
+    _figure().close(fig)
+    return buf.getvalue()
+
+
+def _img(png: bytes) -> str:
+    return f"<img src='data:image/png;base64,{base64.b64encode(png).decode()}'>"

@@ -1,0 +1,143 @@
+"""`specialize run`: every stage of one run, in order, ending in the comparison.
+
+Inputs are checked before anything is written: the config, the base model name or path, and every line of the
+data files. The run directory is built under a hidden `.partial` name until its data stage has succeeded, and only
+then renamed and entered in the registry, so a user mistake leaves neither a half-written run nor a registry row.
+A failure after that (a diverging loss, a crash) marks the run `failed` in the registry and keeps its directory
+for diagnosis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from specialize.config import RunConfig, save_resolved
+from specialize.data import PreparedData, load_examples, prepare_data
+from specialize.evaluate import EvalReport, evaluate
+from specialize.evaluate.report import write_html_report
+from specialize.models import check_model, resolve_model
+from specialize.runs import Registry, RunDir, new_run_id, write_atomic
+from specialize.train import TrainResult, train
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a complete run produced."""
+
+    run_id: str
+    run_dir: RunDir
+    data: PreparedData
+    train: TrainResult
+    eval: EvalReport
+
+
+def run(config: RunConfig, progress: bool = True) -> RunResult:
+    """Prepare data, fine-tune, evaluate against the base model, and report.
+
+    Args:
+        config: a validated run config (see `specialize.config.load_config`).
+        progress: show progress bars.
+
+    Returns:
+        The run's id, directory, and the result of each stage.
+    """
+    from transformers import AutoTokenizer
+
+    check_model(config.base_model)
+    loaded = load_examples(config.data)
+    model_path = resolve_model(config.base_model)
+    registry = Registry(config.registry_url)
+    run_id = new_run_id(config.name)
+    staging = RunDir.create(config.runs_dir, f".{run_id}.partial")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        data = prepare_data(config.data, tokenizer, staging.data, config.seed, loaded)
+        save_resolved(config, staging.config)
+    except BaseException:
+        shutil.rmtree(staging.root, ignore_errors=True)
+        raise
+    run_dir = RunDir(staging.root.rename(config.runs_dir / run_id))
+    data = dataclasses.replace(data, directory=run_dir.data)
+    registry.create_run(run_dir, config.name, config.base_model, config.model_dump(mode="json"))
+    log.info("run %s: %d training, %d validation examples, %d rejected", run_id, data.n_train,
+             data.n_validation, data.n_rejected)
+    try:
+        registry.log_metrics(run_id, "data", {"train_examples": data.n_train,
+                                              "validation_examples": data.n_validation,
+                                              "rejected_examples": data.n_rejected})
+        for kind, path in (("train_split", data.train_path), ("validation_split", data.validation_path),
+                           ("rejects", data.rejects_path), ("audit", data.audit_path)):
+            registry.add_artifact(run_id, kind, path)
+        trained = train(
+            config.train, model_path, data.train_path, data.validation_path, run_dir.train, config.seed,
+            on_metrics=lambda step, values: registry.log_metrics(run_id, "train", values, step=step),
+            progress=progress,
+        )
+        registry.add_artifact(run_id, "adapter" if trained.adapter else "model", trained.output_dir)
+        registry.log_metrics(run_id, "train", {"train_seconds": trained.seconds,
+                                               "tokens_per_second": trained.tokens_per_second})
+        report = evaluate(
+            config.eval, model_path, trained.output_dir, data.train_path, data.validation_path, run_dir.eval,
+            data.labels, config.seed,
+            on_metrics=lambda system, values: registry.log_metrics(run_id, "eval", values, system=system),
+            progress=progress,
+        )
+        html = write_html_report(run_dir.root, f"specialize run {run_id}")
+        registry.add_artifact(run_id, "report", html)
+        write_model_card(run_dir, config, data, trained, report)
+        registry.add_artifact(run_id, "model_card", run_dir.model_card)
+    except BaseException as exc:
+        registry.finish_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    registry.finish_run(run_id, "completed")
+    return RunResult(run_id, run_dir, data, trained, report)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_model_card(
+    run_dir: RunDir, config: RunConfig, data: PreparedData, trained: TrainResult, report: EvalReport
+) -> None:
+    """`model_card.md`: base model, data hashes, method, hyperparameters, metrics and lineage."""
+    from specialize.evaluate.report import comparison_rows
+
+    header, rows = comparison_rows({"task": report.task, "systems": report.metrics})
+    table = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                      + ["| " + " | ".join(r) + " |" for r in rows])
+    t = config.train
+    adapter = f"{t.adapter} (rank {t.lora.rank}, alpha {t.lora.alpha:g})" if t.adapter else "none (full fine-tuning)"
+    card = f"""# {run_dir.id}
+
+Fine-tuned by specialize from **{config.base_model}**.
+
+## Data
+- training split: {data.n_train} examples, sha256 `{_sha256(data.train_path)}`
+- validation split: {data.n_validation} examples, sha256 `{_sha256(data.validation_path)}`
+- rejected rows: {data.n_rejected} (see `data/rejects.jsonl`)
+- task: {report.task}{f" ({len(data.labels)} labels)" if data.labels else ""}
+
+## Training
+- method: {t.method}, adapter: {adapter}
+- epochs {t.epochs:g}, batch size {t.batch_size} x accumulation {t.gradient_accumulation}, learning rate \
+{t.learning_rate:g}, warm-up {t.warmup_ratio:g}, seed {config.seed}
+- {trained.steps} steps, {trained.train_tokens} tokens in {trained.seconds:.0f} s \
+({trained.tokens_per_second:.0f} tokens/s); final training loss {trained.final_train_loss:.4f}, validation loss \
+{trained.validation_loss:.4f}
+
+## Evaluation ({report.n_examples} validation examples)
+{table}
+
+## Lineage
+- parent run: none
+- full configuration: `config.resolved.yaml`
+"""
+    write_atomic(run_dir.model_card, card)

@@ -1,0 +1,192 @@
+"""Run directories and the run registry.
+
+A run lives in `<runs_dir>/<run-id>/` (layout in DESIGN.md) and has a row in the registry: its config, status,
+metrics, evaluations and artifacts. The registry is a SQLite file by default and any SQLAlchemy URL (PostgreSQL)
+when a team shares it; SQLAlchemy Core keeps the SQL portable without an ORM layer to maintain.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from specialize.errors import ConfigError, RunNotFoundError
+
+RUN_SUBDIRS = ("data", "train", "eval")
+
+
+def new_run_id(name: str) -> str:
+    """A sortable, unique id: name, UTC time and a short random suffix."""
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return f"{name}-{stamp}-{secrets.token_hex(2)}"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths of one run's directory."""
+
+    root: Path
+
+    @property
+    def id(self) -> str:
+        return self.root.name
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def train(self) -> Path:
+        return self.root / "train"
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.resolved.yaml"
+
+    @property
+    def model_card(self) -> Path:
+        return self.root / "model_card.md"
+
+    @classmethod
+    def create(cls, runs_dir: Path, run_id: str) -> RunDir:
+        root = runs_dir / run_id
+        root.mkdir(parents=True, exist_ok=False)
+        for sub in RUN_SUBDIRS:
+            (root / sub).mkdir()
+        return cls(root)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write text to a sibling temporary file, then rename: a crash never leaves half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Registry:
+    """Runs, their metrics and artifacts, in one SQL database."""
+
+    def __init__(self, url: str) -> None:
+        import sqlalchemy as sa
+
+        self._sa = sa
+        if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.engine = sa.create_engine(url)
+        except (sa.exc.ArgumentError, ImportError) as exc:
+            raise ConfigError(f"registry: cannot use {url!r} ({exc}); give a SQLAlchemy URL") from None
+        meta = sa.MetaData()
+        self.runs = sa.Table(
+            "runs",
+            meta,
+            sa.Column("id", sa.String(200), primary_key=True),
+            sa.Column("name", sa.String(200), nullable=False),
+            sa.Column("status", sa.String(20), nullable=False),
+            sa.Column("base_model", sa.String(500), nullable=False),
+            sa.Column("run_dir", sa.String(1000), nullable=False),
+            sa.Column("parent_run", sa.String(200)),
+            sa.Column("config", sa.Text, nullable=False),
+            sa.Column("error", sa.Text),
+            sa.Column("created_at", sa.DateTime, nullable=False),
+            sa.Column("finished_at", sa.DateTime),
+        )
+        self.metrics = sa.Table(
+            "metrics",
+            meta,
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+            sa.Column("run_id", sa.String(200), sa.ForeignKey("runs.id"), nullable=False, index=True),
+            sa.Column("stage", sa.String(50), nullable=False),
+            sa.Column("name", sa.String(100), nullable=False),
+            sa.Column("value", sa.Float, nullable=False),
+            sa.Column("step", sa.Integer),
+            sa.Column("system", sa.String(100)),
+            sa.Column("created_at", sa.DateTime, nullable=False),
+        )
+        self.artifacts = sa.Table(
+            "artifacts",
+            meta,
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+            sa.Column("run_id", sa.String(200), sa.ForeignKey("runs.id"), nullable=False, index=True),
+            sa.Column("kind", sa.String(50), nullable=False),
+            sa.Column("path", sa.String(1000), nullable=False),
+            sa.Column("created_at", sa.DateTime, nullable=False),
+        )
+        meta.create_all(self.engine)
+
+    def create_run(self, run: RunDir, name: str, base_model: str, config: dict[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                self.runs.insert().values(
+                    id=run.id,
+                    name=name,
+                    status="running",
+                    base_model=base_model,
+                    run_dir=str(run.root.resolve()),
+                    config=json.dumps(config),
+                    created_at=_now(),
+                )
+            )
+
+    def finish_run(self, run_id: str, status: str, error: str | None = None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                self.runs.update()
+                .where(self.runs.c.id == run_id)
+                .values(status=status, error=error, finished_at=_now())
+            )
+
+    def log_metrics(
+        self, run_id: str, stage: str, values: dict[str, float], step: int | None = None, system: str | None = None
+    ) -> None:
+        rows = [
+            {"run_id": run_id, "stage": stage, "name": k, "value": float(v), "step": step, "system": system,
+             "created_at": _now()}
+            for k, v in values.items()
+        ]
+        if rows:
+            with self.engine.begin() as conn:
+                conn.execute(self.metrics.insert(), rows)
+
+    def add_artifact(self, run_id: str, kind: str, path: Path) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                self.artifacts.insert().values(run_id=run_id, kind=kind, path=str(path), created_at=_now())
+            )
+
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            row = conn.execute(self.runs.select().where(self.runs.c.id == run_id)).mappings().first()
+        if row is None:
+            raise RunNotFoundError(f"no run {run_id!r} in the registry; `specialize runs` lists the runs")
+        return dict(row)
+
+    def list_runs(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(self.runs.select().order_by(self.runs.c.created_at)).mappings().all()
+        return [dict(r) for r in rows]
+
+    def get_metrics(self, run_id: str, stage: str | None = None) -> list[dict[str, Any]]:
+        query = self.metrics.select().where(self.metrics.c.run_id == run_id)
+        if stage is not None:
+            query = query.where(self.metrics.c.stage == stage)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query.order_by(self.metrics.c.id)).mappings().all()]
+
+    def get_artifacts(self, run_id: str) -> list[dict[str, Any]]:
+        query = self.artifacts.select().where(self.artifacts.c.run_id == run_id).order_by(self.artifacts.c.id)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings().all()]
