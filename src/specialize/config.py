@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 from specialize.errors import ConfigError
 
@@ -26,16 +27,64 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+DataFormat = Literal["auto", "chat", "sharegpt", "alpaca", "completion", "preference", "text"]
+# The row keys a `data.columns` mapping may fill; each format reads a subset of them (see data/formats.py).
+CanonicalColumn = Literal["messages", "conversations", "system", "instruction", "input", "output", "prompt",
+                          "completion", "chosen", "rejected", "text"]
+
+
+class PiiConfig(_Section):
+    """What to do with personal data found in the examples (e-mail, phone, card, IBAN, IP, national id, names)."""
+
+    mode: Literal["report", "mask", "drop"] = Field(
+        "report", description="report: count only; mask: replace with [KIND] placeholders; drop: reject the row.")
+    names: bool = Field(False, description="Also find person names with spaCy (needs spacy + en_core_web_sm).")
+
+
+class DedupeConfig(_Section):
+    """Exact and near-duplicate removal; removed rows go to rejects.jsonl with the row they repeat."""
+
+    exact: bool = True
+    near: bool = Field(True, description="MinHash near-duplicates, within and across splits.")
+    threshold: float = Field(0.85, gt=0.5, le=1.0, description="Word 3-gram Jaccard similarity at which rows "
+                                                                "count as near-duplicates.")
+
+
+class BiasConfig(_Section):
+    """Groups whose label distributions the audit compares: by a row field, or by keyword lists."""
+
+    field: str | None = Field(None, description="Row key whose value names the group (e.g. gender, region).")
+    keywords: dict[str, list[str]] = Field(
+        default_factory=dict, description="Group name -> words; a row is in every group whose words it uses.")
+
+
 class DataConfig(_Section):
     """Where the examples come from and how they become training sequences."""
 
-    train: Path = Field(description="Training file (OpenAI chat JSONL; a `label` field marks classification).")
+    train: Path = Field(description="Training file: JSONL, JSON, CSV/TSV, Parquet or text (format auto-detected).")
     validation: Path | None = Field(None, description="Validation file; split off `train` when absent.")
     validation_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of train held out if no file.")
+    format: DataFormat = Field("auto", description="Row format; auto detects it from the rows' keys.")
+    columns: dict[CanonicalColumn, str] = Field(
+        default_factory=dict, description="Format key -> the file's column, e.g. {instruction: question}.")
     label_field: str = Field("label", description="Row key holding the gold label of a classification example.")
+    labels: list[str] | None = Field(None, description="Declared label set; any other label is an error.")
+    group_field: str | None = Field(None, description="Row key of a document/group; a group never spans splits.")
     system_prompt: str | None = Field(None, description="System message put before every conversation.")
+    min_tokens: int = Field(1, ge=1, description="Shorter examples (templated, in tokens) go to rejects.")
     max_tokens: int = Field(1024, gt=8, description="Longer examples (templated, in tokens) go to rejects.")
     max_train_examples: int | None = Field(None, gt=0, description="Keep a seeded sample of this many.")
+    dedupe: DedupeConfig = Field(default_factory=DedupeConfig)
+    pii: PiiConfig = Field(default_factory=PiiConfig)
+    bias: BiasConfig = Field(default_factory=BiasConfig)
+    tokens_per_second: float | None = Field(
+        None, gt=0, description="Training throughput for the audit's time estimate; default scales a CPU figure.")
+
+    @model_validator(mode="after")
+    def _lengths_ordered(self) -> DataConfig:
+        if self.min_tokens >= self.max_tokens:
+            raise ValueError(f"data.min_tokens ({self.min_tokens}) must be below data.max_tokens ({self.max_tokens})")
+        return self
 
 
 class LoraConfig(_Section):
@@ -91,9 +140,11 @@ class RunConfig(_Section):
     @model_validator(mode="after")
     def _few_shot_needs_examples(self) -> RunConfig:
         if self.data.max_train_examples is not None and self.data.max_train_examples < self.eval.few_shot_k:
-            raise ValueError(
-                f"data.max_train_examples ({self.data.max_train_examples}) is below eval.few_shot_k "
-                f"({self.eval.few_shot_k}); few-shot prompts need that many training examples"
+            raise PydanticCustomError(
+                "few_shot",
+                "data.max_train_examples ({n}) is below eval.few_shot_k ({k}); few-shot prompts need that many "
+                "training examples: raise data.max_train_examples or lower eval.few_shot_k",
+                {"n": self.data.max_train_examples, "k": self.eval.few_shot_k},
             )
         return self
 
@@ -169,9 +220,14 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
             raise ConfigError(f"--set {item!r}: {part} is a value, not a section")
         node = child
     try:
-        node[parts[-1]] = yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
     except yaml.YAMLError:
-        node[parts[-1]] = value
+        parsed = value
+    # `a: b` or `# x` would parse as a mapping or a comment; a value given on the command line is a scalar or
+    # an explicit [list], otherwise it is the text as typed.
+    if isinstance(parsed, dict) or (parsed is None and value.strip() not in ("", "null", "~")):
+        parsed = value
+    node[parts[-1]] = parsed
 
 
 def _describe(exc: ValidationError, source: str) -> str:
@@ -180,6 +236,8 @@ def _describe(exc: ValidationError, source: str) -> str:
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
         if err["type"] == "extra_forbidden":
             lines.append(f"{source}: unknown key '{key}'{_suggest(err['loc'])}; remove or rename it")
+        elif err["type"] == "few_shot":
+            lines.append(f"{source}: {err['msg']}")
         elif err["type"] == "missing":
             lines.append(f"{source}: missing key '{key}'; add it to the config or pass --set {key}=...")
         else:

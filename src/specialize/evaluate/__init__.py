@@ -7,6 +7,7 @@ comparison is paired. The base model is the fine-tuned model with its adapter sw
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -78,21 +79,24 @@ def evaluate(
     if config.max_examples is not None:
         rows = seeded_sample(rows, config.max_examples, seed)
     shots = read_prepared(train_file)
-    base, tokenizer = load_model(model_path)
-    model = base
-    if adapter_path is not None:
+    model, tokenizer = load_model(model_path)
+    tuned = None
+    if adapter_path is not None and (adapter_path / "adapter_config.json").exists():
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(base, adapter_path) if (adapter_path / "adapter_config.json").exists() \
-            else load_model(adapter_path)[0]
+        model = PeftModel.from_pretrained(model, adapter_path)
+    elif adapter_path is not None:
+        tuned = load_model(adapter_path)[0].eval()
     model.eval()
     task = "classification" if labels else "generation"
     results: dict[str, dict[str, Any]] = {}
     for system in systems:
-        use = model if system == "fine_tuned" else base
-        context = _adapter_off(model) if system != "fine_tuned" and use is model else _nothing()
         k = config.few_shot_k if system == "base_few_shot" else 0
-        with context:
+        use = tuned if system == "fine_tuned" and tuned is not None else model
+        # PEFT injects the adapter into the base modules in place: base systems run on the same model with the
+        # adapter switched off, never on a second reference to the "base" object.
+        switch_off = system != "fine_tuned" and hasattr(model, "disable_adapter")
+        with model.disable_adapter() if switch_off else contextlib.nullcontext():
             results[system] = _run_system(system, use, tokenizer, rows, shots, k, labels, seed, progress)
         headline = {m: v for m, v in results[system].items() if isinstance(v, float)}
         log.info("%s: %s", system, ", ".join(f"{m}={v:.3f}" for m, v in headline.items()))
@@ -105,28 +109,22 @@ def evaluate(
     return EvalReport(task, results, len(rows), path)
 
 
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def _adapter_off(model: Any) -> Any:
-    return model.disable_adapter() if hasattr(model, "disable_adapter") else _nothing()
-
-
-def few_shot_messages(row: dict[str, Any], shots: list[dict[str, Any]], k: int, rng: random.Random) -> list[dict[str, str]]:
-    """The row's conversation up to its last user turn, preceded by k solved training examples as earlier turns."""
+def few_shot_messages(row: dict[str, Any], shots: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """The row's conversation up to its last user turn, preceded by solved training examples as earlier turns."""
     messages = row["messages"][:-1]
-    if k == 0:
-        return messages
     system = [m for m in messages[:1] if m["role"] == "system"]
-    examples = []
-    for shot in rng.sample(shots, min(k, len(shots))):
-        examples += [m for m in shot["messages"] if m["role"] != "system"]
+    examples = [m for shot in shots for m in shot["messages"] if m["role"] != "system"]
     return system + examples + messages[len(system) :]
+
+
+def _fitting_prompt(tokenizer: Any, row: dict[str, Any], shots: list[dict[str, Any]], context: int) -> str:
+    """The few-shot prompt with as many of `shots` as fit the model's context, leaving room for the answer."""
+    shots = list(shots)
+    while True:
+        prompt = render_prompt(tokenizer, few_shot_messages(row, shots))
+        if not shots or len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) <= context - 64:
+            return prompt
+        shots.pop(0)
 
 
 def _run_system(
@@ -139,10 +137,11 @@ def _run_system(
     from specialize.evaluate.scoring import answer_loss, generate_answer, label_token_ids, score_labels
 
     rng = random.Random(seed)
+    context = getattr(model.config, "max_position_embeddings", 2048)
     label_ids = label_token_ids(tokenizer, labels) if labels else []
     predictions, loss_sum, n_tokens = [], 0.0, 0
     for row in tqdm(rows, desc=system, unit="ex", disable=not progress, dynamic_ncols=True):
-        prompt = render_prompt(tokenizer, few_shot_messages(row, shots, k, rng))
+        prompt = _fitting_prompt(tokenizer, row, rng.sample(shots, min(k, len(shots))), context)
         if labels:
             scores = score_labels(model, tokenizer, prompt, label_ids)
             predictions.append(labels[max(range(len(labels)), key=scores.__getitem__)])

