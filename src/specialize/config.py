@@ -21,6 +21,7 @@ from pydantic_core import PydanticCustomError
 from specialize.errors import ConfigError
 
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
+DEFAULT_REGISTRY = "sqlite:///runs/registry.db"
 
 
 class _Section(BaseModel):
@@ -29,16 +30,31 @@ class _Section(BaseModel):
 
 DataFormat = Literal["auto", "chat", "sharegpt", "alpaca", "completion", "preference", "text"]
 # The row keys a `data.columns` mapping may fill; each format reads a subset of them (see data/formats.py).
-CanonicalColumn = Literal["messages", "conversations", "system", "instruction", "input", "output", "prompt",
-                          "completion", "chosen", "rejected", "text"]
+CanonicalColumn = Literal[
+    "messages",
+    "conversations",
+    "system",
+    "instruction",
+    "input",
+    "output",
+    "prompt",
+    "completion",
+    "chosen",
+    "rejected",
+    "text",
+]
 
 
 class PiiConfig(_Section):
     """What to do with personal data found in the examples (e-mail, phone, card, IBAN, IP, national id, names)."""
 
     mode: Literal["report", "mask", "drop"] = Field(
-        "report", description="report: count only; mask: replace with [KIND] placeholders; drop: reject the row.")
-    names: bool = Field(False, description="Also find person names with spaCy (needs spacy + en_core_web_sm).")
+        "report",
+        description="report: count only; mask: replace with [KIND] placeholders; drop: reject the row.",
+    )
+    names: bool = Field(
+        False, description="Also find person names with spaCy (needs spacy + en_core_web_sm)."
+    )
 
 
 class DedupeConfig(_Section):
@@ -46,8 +62,12 @@ class DedupeConfig(_Section):
 
     exact: bool = True
     near: bool = Field(True, description="MinHash near-duplicates, within and across splits.")
-    threshold: float = Field(0.85, gt=0.5, le=1.0, description="Word 3-gram Jaccard similarity at which rows "
-                                                                "count as near-duplicates.")
+    threshold: float = Field(
+        0.85,
+        gt=0.5,
+        le=1.0,
+        description="Word 3-gram Jaccard similarity at which rows count as near-duplicates.",
+    )
 
 
 class BiasConfig(_Section):
@@ -55,21 +75,29 @@ class BiasConfig(_Section):
 
     field: str | None = Field(None, description="Row key whose value names the group (e.g. gender, region).")
     keywords: dict[str, list[str]] = Field(
-        default_factory=dict, description="Group name -> words; a row is in every group whose words it uses.")
+        default_factory=dict, description="Group name -> words; a row is in every group whose words it uses."
+    )
 
 
 class DataConfig(_Section):
     """Where the examples come from and how they become training sequences."""
 
-    train: Path = Field(description="Training file: JSONL, JSON, CSV/TSV, Parquet or text (format auto-detected).")
+    train: Path = Field(
+        description="Training file: JSONL, JSON, CSV/TSV, Parquet or text (format auto-detected)."
+    )
     validation: Path | None = Field(None, description="Validation file; split off `train` when absent.")
     validation_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of train held out if no file.")
     format: DataFormat = Field("auto", description="Row format; auto detects it from the rows' keys.")
     columns: dict[CanonicalColumn, str] = Field(
-        default_factory=dict, description="Format key -> the file's column, e.g. {instruction: question}.")
-    label_field: str = Field("label", description="Row key holding the gold label of a classification example.")
+        default_factory=dict, description="Format key -> the file's column, e.g. {instruction: question}."
+    )
+    label_field: str = Field(
+        "label", description="Row key holding the gold label of a classification example."
+    )
     labels: list[str] | None = Field(None, description="Declared label set; any other label is an error.")
-    group_field: str | None = Field(None, description="Row key of a document/group; a group never spans splits.")
+    group_field: str | None = Field(
+        None, description="Row key of a document/group; a group never spans splits."
+    )
     system_prompt: str | None = Field(None, description="System message put before every conversation.")
     min_tokens: int = Field(1, ge=1, description="Shorter examples (templated, in tokens) go to rejects.")
     max_tokens: int = Field(1024, gt=8, description="Longer examples (templated, in tokens) go to rejects.")
@@ -78,12 +106,17 @@ class DataConfig(_Section):
     pii: PiiConfig = Field(default_factory=PiiConfig)
     bias: BiasConfig = Field(default_factory=BiasConfig)
     tokens_per_second: float | None = Field(
-        None, gt=0, description="Training throughput for the audit's time estimate; default scales a CPU figure.")
+        None,
+        gt=0,
+        description="Training throughput for the audit's time estimate; default scales a CPU figure.",
+    )
 
     @model_validator(mode="after")
     def _lengths_ordered(self) -> DataConfig:
         if self.min_tokens >= self.max_tokens:
-            raise ValueError(f"data.min_tokens ({self.min_tokens}) must be below data.max_tokens ({self.max_tokens})")
+            raise ValueError(
+                f"data.min_tokens ({self.min_tokens}) must be below data.max_tokens ({self.max_tokens})"
+            )
         return self
 
 
@@ -95,6 +128,21 @@ class LoraConfig(_Section):
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
     rslora: bool = Field(False, description="Scale by alpha/sqrt(rank) instead of alpha/rank.")
+
+
+class CheckpointConfig(_Section):
+    """How often training state is saved, so a killed run resumes where it stopped."""
+
+    every: int = Field(50, gt=0, description="Save every this many optimizer steps.")
+    keep: int = Field(2, gt=0, description="Checkpoints kept; older ones are deleted.")
+
+
+class EarlyStoppingConfig(_Section):
+    """Stop when the validation loss stops improving, and keep the best weights."""
+
+    eval_every: int = Field(50, gt=0, description="Compute the validation loss every this many steps.")
+    patience: int = Field(3, gt=0, description="Evaluations without improvement before stopping.")
+    min_delta: float = Field(0.0, ge=0, description="Smallest decrease that counts as an improvement.")
 
 
 class TrainConfig(_Section):
@@ -112,6 +160,8 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
     log_every: int = Field(5, gt=0, description="Record the loss every this many steps.")
+    checkpoints: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    early_stopping: EarlyStoppingConfig | None = Field(None, description="null trains for the full length.")
 
 
 EvalSystem = Literal["base_zero_shot", "base_few_shot", "fine_tuned"]
@@ -120,7 +170,9 @@ EvalSystem = Literal["base_zero_shot", "base_few_shot", "fine_tuned"]
 class EvalConfig(_Section):
     """What the fine-tuned model is compared against, on the validation split."""
 
-    systems: list[EvalSystem] = Field(default_factory=lambda: ["base_zero_shot", "base_few_shot", "fine_tuned"])
+    systems: list[EvalSystem] = Field(
+        default_factory=lambda: ["base_zero_shot", "base_few_shot", "fine_tuned"]
+    )
     few_shot_k: int = Field(3, ge=1, le=16, description="Training examples put in a few-shot prompt.")
     max_examples: int | None = Field(None, gt=0, description="Evaluate on a seeded sample of this many.")
 
@@ -196,6 +248,7 @@ def load_config(path: Path | str | None, overrides: list[str] | None = None) -> 
         config = RunConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source)) from None
+    config.runs_dir = config.runs_dir.expanduser().resolve()
     data = config.data
     data.train = _relative_to(data.train, base_dir)
     if data.validation is not None:
@@ -258,6 +311,16 @@ def _suggest(loc: tuple[Any, ...]) -> str:
         model = annotation
     close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def load_resolved(path: Path) -> RunConfig:
+    """Read back a run's `config.resolved.yaml` (paths in it are already absolute)."""
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    doc.pop("_provenance", None)
+    try:
+        return RunConfig.model_validate(doc)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, str(path))) from None
 
 
 def save_resolved(config: RunConfig, path: Path) -> None:

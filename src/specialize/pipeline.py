@@ -16,13 +16,14 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from specialize.config import RunConfig, save_resolved
-from specialize.data import PreparedData, load_examples, prepare_data
+from specialize.config import DEFAULT_REGISTRY, RunConfig, save_resolved
+from specialize.data import PreparedData, load_examples, prepare_data, read_prepared
 from specialize.evaluate import EvalReport, evaluate
 from specialize.evaluate.report import write_html_report
 from specialize.models import check_model, resolve_model
 from specialize.runs import Registry, RunDir, new_run_id, write_atomic
-from specialize.train import TrainResult, train
+from specialize.train import RESULT_FILE, TrainResult, train
+from specialize.train.checkpoint import latest as latest_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -66,26 +67,105 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
     run_dir = RunDir(staging.root.rename(config.runs_dir / run_id))
     data = dataclasses.replace(data, directory=run_dir.data)
     registry.create_run(run_dir, config.name, config.base_model, config.model_dump(mode="json"))
-    log.info("run %s: %d training, %d validation examples, %d rejected", run_id, data.n_train,
-             data.n_validation, data.n_rejected)
+    log.info(
+        "run %s: %d training, %d validation examples, %d rejected",
+        run_id,
+        data.n_train,
+        data.n_validation,
+        data.n_rejected,
+    )
+    registry.log_metrics(
+        run_id,
+        "data",
+        {
+            "train_examples": data.n_train,
+            "validation_examples": data.n_validation,
+            "rejected_examples": data.n_rejected,
+        },
+    )
+    for kind, path in (
+        ("train_split", data.train_path),
+        ("validation_split", data.validation_path),
+        ("rejects", data.rejects_path),
+        ("audit", data.audit_path),
+    ):
+        registry.add_artifact(run_id, kind, path)
+    return _train_and_evaluate(config, run_dir, data, model_path, registry, progress, resume=False)
+
+
+def resume(run: str, registry_url: str | None = None, progress: bool = True) -> RunResult:
+    """Continue a run that stopped (crash, kill, interrupt) from its last checkpoint, skipping finished stages.
+
+    Args:
+        run: a run id in the registry, or the path of a run directory.
+        registry_url: the registry holding the run (default: the one named in the run's config).
+        progress: show progress bars.
+    """
+    from specialize.config import load_resolved
+
+    path = Path(run)
+    if not (path / "config.resolved.yaml").is_file():
+        registry = Registry(registry_url or DEFAULT_REGISTRY)
+        path = Path(registry.get_run(run)["run_dir"])
+    run_dir = RunDir(path)
+    config = load_resolved(run_dir.config)
+    registry = Registry(registry_url or config.registry_url)
+    registry.get_run(run_dir.id)
+    registry.set_status(run_dir.id, "running")
+    model_path = resolve_model(config.base_model)
+    rows = read_prepared(run_dir.data / "train.jsonl")
+    labels = sorted({r["label"] for r in rows if r.get("label") is not None}) or None
+    n_val = len(read_prepared(run_dir.data / "validation.jsonl"))
+    n_rejected = len(read_prepared(run_dir.data / "rejects.jsonl"))
+    data = PreparedData(run_dir.data, labels, len(rows), n_val, n_rejected)
+    if not (run_dir.train / RESULT_FILE).exists():
+        last = latest_checkpoint(run_dir.train / "checkpoints")
+        registry.delete_metrics_after(run_dir.id, "train", int(last.name.split("-")[-1]) if last else 0)
+    return _train_and_evaluate(config, run_dir, data, model_path, registry, progress, resume=True)
+
+
+def _train_and_evaluate(
+    config: RunConfig,
+    run_dir: RunDir,
+    data: PreparedData,
+    model_path: Path,
+    registry: Registry,
+    progress: bool,
+    resume: bool,
+) -> RunResult:
+    run_id = run_dir.id
+    finished = run_dir.train / RESULT_FILE
     try:
-        registry.log_metrics(run_id, "data", {"train_examples": data.n_train,
-                                              "validation_examples": data.n_validation,
-                                              "rejected_examples": data.n_rejected})
-        for kind, path in (("train_split", data.train_path), ("validation_split", data.validation_path),
-                           ("rejects", data.rejects_path), ("audit", data.audit_path)):
-            registry.add_artifact(run_id, kind, path)
-        trained = train(
-            config.train, model_path, data.train_path, data.validation_path, run_dir.train, config.seed,
-            on_metrics=lambda step, values: registry.log_metrics(run_id, "train", values, step=step),
-            progress=progress,
-        )
-        registry.add_artifact(run_id, "adapter" if trained.adapter else "model", trained.output_dir)
-        registry.log_metrics(run_id, "train", {"train_seconds": trained.seconds,
-                                               "tokens_per_second": trained.tokens_per_second})
+        if resume and finished.exists():
+            trained = TrainResult.load(finished)
+            log.info("training of %s already finished; skipping to evaluation", run_id)
+        else:
+            trained = train(
+                config.train,
+                model_path,
+                data.train_path,
+                data.validation_path,
+                run_dir.train,
+                config.seed,
+                on_metrics=lambda step, values: registry.log_metrics(run_id, "train", values, step=step),
+                progress=progress,
+                resume=resume,
+            )
+            registry.add_artifact(run_id, "adapter" if trained.adapter else "model", trained.output_dir)
+            registry.log_metrics(
+                run_id,
+                "train",
+                {"train_seconds": trained.seconds, "tokens_per_second": trained.tokens_per_second},
+            )
         report = evaluate(
-            config.eval, model_path, trained.output_dir, data.train_path, data.validation_path, run_dir.eval,
-            data.labels, config.seed,
+            config.eval,
+            model_path,
+            trained.output_dir,
+            data.train_path,
+            data.validation_path,
+            run_dir.eval,
+            data.labels,
+            config.seed,
             on_metrics=lambda system, values: registry.log_metrics(run_id, "eval", values, system=system),
             progress=progress,
         )
@@ -111,10 +191,16 @@ def write_model_card(
     from specialize.evaluate.report import comparison_rows
 
     header, rows = comparison_rows({"task": report.task, "systems": report.metrics})
-    table = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-                      + ["| " + " | ".join(r) + " |" for r in rows])
+    table = "\n".join(
+        ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        + ["| " + " | ".join(r) + " |" for r in rows]
+    )
     t = config.train
-    adapter = f"{t.adapter} (rank {t.lora.rank}, alpha {t.lora.alpha:g})" if t.adapter else "none (full fine-tuning)"
+    adapter = (
+        f"{t.adapter} (rank {t.lora.rank}, alpha {t.lora.alpha:g})"
+        if t.adapter
+        else "none (full fine-tuning)"
+    )
     card = f"""# {run_dir.id}
 
 Fine-tuned by specialize from **{config.base_model}**.

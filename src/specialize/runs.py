@@ -141,6 +141,12 @@ class Registry:
                 )
             )
 
+    def set_status(self, run_id: str, status: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                self.runs.update().where(self.runs.c.id == run_id).values(status=status, finished_at=None)
+            )
+
     def finish_run(self, run_id: str, status: str, error: str | None = None) -> None:
         with self.engine.begin() as conn:
             conn.execute(
@@ -150,16 +156,34 @@ class Registry:
             )
 
     def log_metrics(
-        self, run_id: str, stage: str, values: dict[str, float], step: int | None = None, system: str | None = None
+        self,
+        run_id: str,
+        stage: str,
+        values: dict[str, float],
+        step: int | None = None,
+        system: str | None = None,
     ) -> None:
         rows = [
-            {"run_id": run_id, "stage": stage, "name": k, "value": float(v), "step": step, "system": system,
-             "created_at": _now()}
+            {
+                "run_id": run_id,
+                "stage": stage,
+                "name": k,
+                "value": float(v),
+                "step": step,
+                "system": system,
+                "created_at": _now(),
+            }
             for k, v in values.items()
         ]
         if rows:
             with self.engine.begin() as conn:
                 conn.execute(self.metrics.insert(), rows)
+
+    def delete_metrics_after(self, run_id: str, stage: str, step: int) -> None:
+        """Forget metrics logged after `step`: a resumed run logs those steps again from its checkpoint."""
+        m = self.metrics.c
+        with self.engine.begin() as conn:
+            conn.execute(self.metrics.delete().where((m.run_id == run_id) & (m.stage == stage) & (m.step > step)))
 
     def add_artifact(self, run_id: str, kind: str, path: Path) -> None:
         with self.engine.begin() as conn:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
-    line = "  ".join("{:<%d}" % w for w in widths)
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [line.format(*header), line.format(*("-" * w for w in widths))]
     out += [line.format(*row) for row in rows]
     return "\n".join(out)
@@ -17,12 +18,17 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 def run(config_path: Path, overrides: list[str], progress: bool) -> int:
     from specialize.config import load_config
-    from specialize.evaluate.report import comparison_rows
     from specialize.pipeline import run as run_pipeline
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     config = load_config(config_path, overrides)
-    result = run_pipeline(config, progress=progress)
+    _print_comparison(run_pipeline(config, progress=progress))
+    return 0
+
+
+def _print_comparison(result: Any) -> None:
+    from specialize.evaluate.report import comparison_rows
+
     report = json.loads(result.eval.report_path.read_text(encoding="utf-8"))
     header, rows = comparison_rows(report)
     print(f"\nrun {result.run_id}: {result.eval.n_examples} validation examples, {report['task']}")
@@ -30,22 +36,41 @@ def run(config_path: Path, overrides: list[str], progress: bool) -> int:
     metric = result.eval.headline
     systems = result.eval.metrics
     if "fine_tuned" in systems:
-        best_other = max((m[metric], s) for s, m in systems.items() if s != "fine_tuned") if len(systems) > 1 else None
+        best_other = (
+            max((m[metric], s) for s, m in systems.items() if s != "fine_tuned") if len(systems) > 1 else None
+        )
         if best_other:
             gain = systems["fine_tuned"][metric] - best_other[0]
-            print(f"\nfine-tuned {metric} {systems['fine_tuned'][metric]:.3f}: {gain:+.3f} against the best "
-                  f"alternative ({best_other[1]})")
+            print(
+                f"\nfine-tuned {metric} {systems['fine_tuned'][metric]:.3f}: {gain:+.3f} against the best "
+                f"alternative ({best_other[1]})"
+            )
     print(f"report: {result.run_dir.eval / 'report.html'}")
     print(f"model card: {result.run_dir.model_card}")
+
+
+def train_resume(run_ref: str, registry_url: str | None, progress: bool) -> int:
+    from specialize.pipeline import resume
+
+    result = resume(run_ref, registry_url, progress=progress)
+    _print_comparison(result)
     return 0
 
 
 def models_list() -> int:
     from specialize.models import list_models
 
-    rows = [[i.entry.name, f"{i.entry.parameters / 1e6:,.0f} M", f"{i.entry.context_length:,}", i.entry.licence,
-             "yes" if i.cached else "no", "PyPI (embedded)" if i.entry.source.startswith("pypi:") else "model hub"]
-            for i in list_models()]
+    rows = [
+        [
+            i.entry.name,
+            f"{i.entry.parameters / 1e6:,.0f} M",
+            f"{i.entry.context_length:,}",
+            i.entry.licence,
+            "yes" if i.cached else "no",
+            "PyPI (embedded)" if i.entry.source.startswith("pypi:") else "model hub",
+        ]
+        for i in list_models()
+    ]
     print(_table(["name", "parameters", "context", "licence", "cached", "source"], rows))
     return 0
 
@@ -58,24 +83,113 @@ def models_pull(name: str) -> int:
 
 
 def runs(registry_url: str | None) -> int:
+    from specialize.config import DEFAULT_REGISTRY
     from specialize.runs import Registry
 
-    registry = Registry(registry_url or "sqlite:///runs/registry.db")
-    rows = [[r["id"], r["status"], r["base_model"], r["created_at"].strftime("%Y-%m-%d %H:%M")]
-            for r in registry.list_runs()]
+    registry = Registry(registry_url or DEFAULT_REGISTRY)
+    rows = [
+        [r["id"], r["status"], r["base_model"], r["created_at"].strftime("%Y-%m-%d %H:%M")]
+        for r in registry.list_runs()
+    ]
     print(_table(["run", "status", "base model", "created (UTC)"], rows) if rows else "no runs yet")
     return 0
 
 
-def data_check(path: Path, label_field: str) -> int:
-    from specialize.data import read_chat_jsonl
+def data_check(
+    path: Path, validation: Path | None, base_model: str | None, overrides: list[str], as_json: bool
+) -> int:
+    from specialize.data import check_data
 
-    examples = read_chat_jsonl(path, label_field)
-    from collections import Counter
+    result = check_data(path, validation=validation, base_model=base_model, overrides=overrides)
+    if as_json:
+        print(json.dumps({**result.audit, "problems": result.problems}, indent=2, ensure_ascii=False))
+    else:
+        print(_render_audit(result.audit))
+        for problem in result.problems[:50]:
+            print(f"error: {problem}")
+        if len(result.problems) > 50:
+            print(f"error: ... and {len(result.problems) - 50} more")
+    return 3 if result.problems else 0
 
-    labels = Counter(e.label for e in examples if e.label is not None)
-    print(f"{path}: {len(examples)} valid examples")
-    if labels:
-        print(_table(["label", "count"], [[k, str(v)] for k, v in labels.most_common()]))
-        print(f"imbalance ratio (largest/smallest class): {max(labels.values()) / min(labels.values()):.1f}")
+
+def data_prepare(config_path: Path, overrides: list[str], out: Path | None) -> int:
+    from specialize.config import load_config
+    from specialize.data import prepare_run
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    data, run_id = prepare_run(load_config(config_path, overrides), out)
+    audit = json.loads(data.audit_path.read_text(encoding="utf-8"))
+    print(_render_audit(audit))
+    where = f"run {run_id}: " if run_id else ""
+    print(
+        f"\n{where}{data.n_train} training, {data.n_validation} validation, {data.n_rejected} rejected rows in "
+        f"{data.directory}"
+    )
     return 0
+
+
+def _render_audit(audit: dict[str, Any]) -> str:
+    """The audit as a person reads it; `--json` gives the whole of it."""
+    counts, tokens = audit["counts"], audit["tokens"]
+    lines = []
+    for split, info in audit["files"].items():
+        if info:
+            lines.append(
+                f"{split}: {info['path']} ({info.get('format')}, {info['examples']} valid rows"
+                + (f", {info['invalid_rows']} invalid" if info.get("invalid_rows") else "")
+                + ")"
+            )
+    lines.append(
+        f"task: {audit['task']}; after cleaning {counts['train']} train, {counts['validation']} validation,"
+        f" {counts['rejected']} rejected ({audit['split']['method'] if audit['split'] else '-'})"
+    )
+    if audit["rejected_by_kind"]:
+        lines.append(
+            "rejected: " + ", ".join(f"{k} {n}" for k, n in sorted(audit["rejected_by_kind"].items()))
+        )
+    for split in ("train", "validation"):
+        stats = tokens[split]
+        if stats:
+            lines.append(
+                f"tokens ({split}): min {stats['min']}, median {stats['median']:g}, p95 {stats['p95']}, "
+                f"max {stats['max']}, total {stats['total']:,}"
+            )
+    lines.append(f"tokens counted with: {tokens['counted_with']}")
+    if "labels" in audit:
+        rows = [
+            [label, str(c["train"]), str(c["validation"])]
+            for label, c in sorted(audit["labels"].items(), key=lambda kv: -kv[1]["train"])
+        ]
+        lines += [
+            "",
+            _table(["label", "train", "validation"], rows),
+            f"imbalance ratio (largest/smallest class in train): {audit['imbalance_ratio']}",
+        ]
+    dup, leak = audit["duplicates"], audit["leakage"]
+    lines.append(
+        f"\nduplicates removed: {dup['exact']} exact, {dup['near']} near; leakage removed from train: "
+        f"{leak['exact']} exact, {leak['near']} near, {leak['group']} by group"
+    )
+    if audit["conflicts"]:
+        lines.append(f"inputs with conflicting labels: {audit['conflicts']['count']}")
+    pii = audit["pii"]
+    found = ", ".join(f"{k} {n}" for k, n in pii["by_kind"].items()) or "none"
+    lines.append(f"personal data ({pii['mode']}): {found} in {pii['rows']} row(s)")
+    if audit["bias"]:
+        gap = audit["bias"].get("max_gap")
+        lines.append(
+            f"bias probe by {audit['bias']['by']}: {len(audit['bias']['groups'])} groups"
+            + (
+                f", largest gap {gap['gap']:.0%} for '{gap['label']}' ({gap['highest']} vs {gap['lowest']})"
+                if gap
+                else ""
+            )
+        )
+    est = audit["estimate"]
+    if est.get("seconds_per_epoch") is not None:
+        lines.append(
+            f"training estimate: {est['tokens_per_epoch']:,} tokens per epoch, about {est['time_per_epoch']}"
+            f" at {est['tokens_per_second']:g} tokens/s on {est['model']} ({est['basis']})"
+        )
+    lines += [f"warning: {w}" for w in audit["warnings"]]
+    return "\n".join(lines)

@@ -17,28 +17,74 @@ BUNDLED_EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "legal_u
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="specialize", description="Turn a general LLM into a domain specialist.")
+    parser = argparse.ArgumentParser(
+        prog="specialize", description="Turn a general LLM into a domain specialist."
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run every stage: data, train, eval, report")
-    p.add_argument("config", nargs="?", type=Path, help=f"run YAML (default: the bundled {BUNDLED_EXAMPLE.stem})")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.learning_rate=1e-4 (repeatable)")
+    p.add_argument(
+        "config", nargs="?", type=Path, help=f"run YAML (default: the bundled {BUNDLED_EXAMPLE.stem})"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.learning_rate=1e-4 (repeatable)",
+    )
 
-    models = sub.add_parser("models", help="the base model catalogue").add_subparsers(dest="action", required=True)
+    t = sub.add_parser("train", help="continue a stopped run from its last checkpoint, then evaluate it")
+    t.add_argument("--resume", required=True, metavar="RUN", help="run id, or the path of a run directory")
+    t.add_argument("--registry", help="SQLAlchemy URL of the registry holding the run")
+
+    models = sub.add_parser("models", help="the base model catalogue").add_subparsers(
+        dest="action", required=True
+    )
     models.add_parser("list", help="catalogue with size, context, licence and cache state")
     pull = models.add_parser("pull", help="bring a catalogue model into the local cache")
     pull.add_argument("name")
 
     sub.add_parser("runs", help="list the runs in the registry").add_argument(
-        "--registry", help="SQLAlchemy URL (default sqlite:///runs/registry.db)")
+        "--registry", help="SQLAlchemy URL (default sqlite:///runs/registry.db)"
+    )
 
     data = sub.add_parser("data", help="data preparation").add_subparsers(dest="action", required=True)
-    check = data.add_parser("check", help="validate a chat JSONL file and print its audit")
-    check.add_argument("file", type=Path)
-    check.add_argument("--label-field", default="label")
+    check = data.add_parser(
+        "check",
+        help="validate and audit data without writing anything; exits non-zero on errors",
+        description="FILE is a data file (JSONL, JSON, CSV, TSV, Parquet, text), a folder with train.* and "
+        "validation.*, or a run YAML. Tokens are counted with the model's tokenizer when it is cached, "
+        "else estimated; nothing is downloaded.",
+    )
+    check.add_argument("file", type=Path, metavar="FILE")
+    check.add_argument("--validation", type=Path, help="validation file, checked for leakage against FILE")
+    check.add_argument("--format", help="row format instead of auto-detection (chat, sharegpt, alpaca, ...)")
+    check.add_argument("--label-field", help="row key holding the label (default: label)")
+    check.add_argument("--base-model", help="whose tokenizer counts tokens (default: the embedded model)")
+    check.add_argument("--json", action="store_true", help="print the audit as JSON")
+    check.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a data setting, e.g. --set pii.mode=mask or --set columns.prompt=question (repeatable)",
+    )
+    prep = data.add_parser("prepare", help="write the prepared splits, rejects and audit of a run")
+    prep.add_argument("config", type=Path, help="run YAML")
+    prep.add_argument("--out", type=Path, help="write the data files here instead of creating a run")
+    prep.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value",
+    )
     return parser
 
 
@@ -65,11 +111,17 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if args.command == "run":
         return commands.run(args.config or BUNDLED_EXAMPLE, args.overrides, progress=not args.quiet)
+    if args.command == "train":
+        return commands.train_resume(args.resume, args.registry, progress=not args.quiet)
     if args.command == "models":
         return commands.models_list() if args.action == "list" else commands.models_pull(args.name)
     if args.command == "runs":
         return commands.runs(args.registry)
-    return commands.data_check(args.file, args.label_field)
+    if args.action == "prepare":
+        return commands.data_prepare(args.config, args.overrides, args.out)
+    options = {"format": args.format, "label_field": args.label_field}
+    settings = [f"{key}={value}" for key, value in options.items() if value] + args.overrides
+    return commands.data_check(args.file, args.validation, args.base_model, settings, args.json)
 
 
 if __name__ == "__main__":

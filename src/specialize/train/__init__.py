@@ -21,9 +21,11 @@ from typing import Any
 from specialize.config import TrainConfig
 from specialize.data import encode_conversation, read_prepared
 from specialize.errors import TrainingError
+from specialize.runs import write_atomic
 
 log = logging.getLogger(__name__)
 
+RESULT_FILE = "result.json"
 MetricsSink = Callable[[int, dict[str, float]], None]
 
 
@@ -43,6 +45,14 @@ class TrainResult:
     def tokens_per_second(self) -> float:
         return self.train_tokens / max(self.seconds, 1e-9)
 
+    def save(self, path: Path) -> None:
+        write_atomic(path, json.dumps({**self.__dict__, "output_dir": str(self.output_dir)}, indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> TrainResult:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        return cls(**{**doc, "output_dir": Path(doc["output_dir"])})
+
 
 def train(
     config: TrainConfig,
@@ -53,6 +63,7 @@ def train(
     seed: int = 0,
     on_metrics: MetricsSink | None = None,
     progress: bool = True,
+    resume: bool = False,
 ) -> TrainResult:
     """Fine-tune the model at `model_path` on a prepared training split.
 
@@ -60,23 +71,27 @@ def train(
         config: the `train:` section.
         model_path: local directory of the base model.
         train_file: prepared training split (chat JSONL).
-        validation_file: prepared validation split, for the validation loss.
+        validation_file: prepared validation split, for the validation loss and early stopping.
         out_dir: the run's `train/` directory.
         seed: seeds initialisation, dropout and data order.
         on_metrics: called with (step, metrics) every `config.log_every` steps, e.g. to fill the registry.
         progress: show a progress bar with loss, tokens/s and ETA.
+        resume: continue from the newest checkpoint in `out_dir/checkpoints` (a fresh start if there is none).
 
     Returns:
         The path of the adapter (or full model) and the training figures.
 
     Raises:
+        ResourceError: before the first step, when memory or disk is short for this model and batch.
         TrainingError: when the loss becomes NaN or infinite, naming what to change.
     """
     import torch
     from tqdm.auto import tqdm
 
     from specialize.models import load_model
+    from specialize.train import checkpoint
     from specialize.train.batching import collate, length_grouped_batches, summed_loss
+    from specialize.train.resources import check_resources, estimate_memory
 
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -84,33 +99,54 @@ def train(
     model = _prepare_model(model, config)
     train_set = [encode_conversation(tokenizer, r["messages"]) for r in read_prepared(train_file)]
     val_set = [encode_conversation(tokenizer, r["messages"]) for r in read_prepared(validation_file)]
+    lengths = [len(e.input_ids) for e in train_set]
+    params = [p for p in model.parameters() if p.requires_grad]
+    n_trainable = sum(p.numel() for p in params)
+    n_params = sum(p.numel() for p in model.parameters())
+    check_resources(
+        estimate_memory(model.config, n_params, n_trainable, config.batch_size, max(lengths)),
+        disk_needed=n_trainable * 4 * (config.checkpoints.keep * 3 + 2),
+        out_dir=out_dir,
+        batch_size=config.batch_size,
+    )
     per_step = config.batch_size * config.gradient_accumulation
     steps = config.max_steps or max(1, math.ceil(config.epochs * len(train_set) / per_step))
-    params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = _schedule(optimizer, steps, config.warmup_ratio)
 
-    lengths = [len(e.input_ids) for e in train_set]
-    micro_batches: list[list[int]] = []
+    ckpt_dir = out_dir / "checkpoints"
+    state = checkpoint.TrainerState()
+    last = checkpoint.latest(ckpt_dir) if resume else None
+    if last is not None:
+        state = checkpoint.load(last, model, optimizer, scheduler, rng)
+        log.info("resuming from %s (step %d of %d)", last.name, state.step, steps)
+    elif not resume:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
     metrics_path = out_dir / "metrics.jsonl"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _truncate_metrics(metrics_path, state.step)
     model.train()
-    tokens, started, last_loss = 0, time.perf_counter(), float("nan")
-    bar = tqdm(total=steps, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
-    with metrics_path.open("w", encoding="utf-8") as metrics_file:
-        for step in range(1, steps + 1):
+    started = time.perf_counter() - state.seconds
+    last_loss = float("nan")
+    stopped_early = False
+    bar = tqdm(
+        total=steps, initial=state.step, desc="train", unit="step", disable=not progress, dynamic_ncols=True
+    )
+    with metrics_path.open("a", encoding="utf-8") as metrics_file:
+        for step in range(state.step + 1, steps + 1):
             group = []
             for _ in range(config.gradient_accumulation):
-                if not micro_batches:
-                    micro_batches = length_grouped_batches(lengths, config.batch_size, rng)
-                group.append(collate([train_set[i] for i in micro_batches.pop()], tokenizer.pad_token_id))
+                if not state.pending_batches:
+                    state.pending_batches = length_grouped_batches(lengths, config.batch_size, rng)
+                group.append(
+                    collate([train_set[i] for i in state.pending_batches.pop()], tokenizer.pad_token_id)
+                )
             n_targets = sum(int((b["targets"] != -100).sum()) for b in group)
             step_loss = 0.0
             for batch in group:
                 loss_sum, _ = summed_loss(model, batch)
                 (loss_sum / n_targets).backward()
                 step_loss += loss_sum.item()
-                tokens += int(batch["attention_mask"].sum())
+                state.tokens += int(batch["attention_mask"].sum())
             last_loss = step_loss / n_targets
             if not math.isfinite(last_loss):
                 raise TrainingError(
@@ -121,24 +157,95 @@ def train(
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            elapsed = time.perf_counter() - started
+            state.step = step
+            state.seconds = time.perf_counter() - started
             bar.update(1)
-            bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{tokens / elapsed:.0f}")
+            bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{state.tokens / state.seconds:.0f}")
+            row: dict[str, float] = {}
             if step % config.log_every == 0 or step == steps:
-                row = {"loss": last_loss, "learning_rate": scheduler.get_last_lr()[0],
-                       "tokens_per_second": tokens / elapsed, "tokens": tokens}
+                row = {
+                    "loss": last_loss,
+                    "learning_rate": scheduler.get_last_lr()[0],
+                    "tokens_per_second": state.tokens / state.seconds,
+                    "tokens": state.tokens,
+                }
+            stop = config.early_stopping
+            if stop is not None and (step % stop.eval_every == 0 or step == steps):
+                row["validation_loss"] = validation_loss(
+                    model, val_set, tokenizer.pad_token_id, config.batch_size
+                )
+                stopped_early = _track_best(model, tokenizer, out_dir, state, row["validation_loss"], stop)
+            if row:
                 metrics_file.write(json.dumps({"step": step, **row}) + "\n")
                 metrics_file.flush()
                 if on_metrics:
                     on_metrics(step, row)
+            if stopped_early:
+                log.info(
+                    "early stopping at step %d: validation loss did not improve for %d evaluations",
+                    step,
+                    stop.patience if stop else 0,
+                )
+                break
+            if step % config.checkpoints.every == 0 and step < steps:
+                checkpoint.save(ckpt_dir, model, optimizer, scheduler, rng, state, config.checkpoints.keep)
     bar.close()
-    seconds = time.perf_counter() - started
-    val_loss = validation_loss(model, val_set, tokenizer.pad_token_id, config.batch_size)
+    best = out_dir / ".best"
+    if config.early_stopping is not None and best.exists():
+        output = _promote(best, out_dir, adapter=config.adapter is not None)
+        val_loss = state.best_validation_loss if state.best_validation_loss is not None else float("nan")
+    else:
+        val_loss = validation_loss(model, val_set, tokenizer.pad_token_id, config.batch_size)
+        output = _save(model, tokenizer, out_dir, adapter=config.adapter is not None)
     if on_metrics:
-        on_metrics(steps, {"validation_loss": val_loss})
-    output = _save(model, tokenizer, out_dir, adapter=config.adapter is not None)
-    log.info("trained %d steps, %d tokens in %.0f s (%.0f tokens/s)", steps, tokens, seconds, tokens / seconds)
-    return TrainResult(output, config.adapter is not None, steps, tokens, seconds, last_loss, val_loss)
+        on_metrics(state.step, {"validation_loss": val_loss})
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    log.info(
+        "trained %d steps, %d tokens in %.0f s (%.0f tokens/s)",
+        state.step,
+        state.tokens,
+        state.seconds,
+        state.tokens / max(state.seconds, 1e-9),
+    )
+    result = TrainResult(
+        output, config.adapter is not None, state.step, state.tokens, state.seconds, last_loss, val_loss
+    )
+    result.save(out_dir / RESULT_FILE)
+    return result
+
+
+def _track_best(model: Any, tokenizer: Any, out_dir: Path, state: Any, loss: float, stop: Any) -> bool:
+    """Keep the weights of the best validation loss in `out_dir/.best`; True when patience has run out."""
+    if state.best_validation_loss is None or loss < state.best_validation_loss - stop.min_delta:
+        state.best_validation_loss = loss
+        state.evals_without_improvement = 0
+        staging = out_dir / ".best.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        shutil.rmtree(out_dir / ".best", ignore_errors=True)
+        staging.rename(out_dir / ".best")
+        return False
+    state.evals_without_improvement += 1
+    return state.evals_without_improvement >= stop.patience
+
+
+def _promote(best: Path, out_dir: Path, adapter: bool) -> Path:
+    target = out_dir / ("adapter" if adapter else "model")
+    if target.exists():
+        shutil.rmtree(target)
+    best.rename(target)
+    return target
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric rows logged after `step`: a resumed run logs those steps again."""
+    if not path.exists():
+        return
+    keep = [
+        line for line in path.read_text(encoding="utf-8").splitlines() if json.loads(line)["step"] <= step
+    ]
+    path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
 
 
 def validation_loss(model: Any, examples: list[Any], pad_id: int, batch_size: int) -> float:
@@ -153,7 +260,9 @@ def validation_loss(model: Any, examples: list[Any], pad_id: int, batch_size: in
     total, count = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
-            loss_sum, n = summed_loss(model, collate([examples[i] for i in order[start : start + batch_size]], pad_id))
+            loss_sum, n = summed_loss(
+                model, collate([examples[i] for i in order[start : start + batch_size]], pad_id)
+            )
             total, count = total + loss_sum.item(), count + n
     model.train(was_training)
     return total / max(count, 1)

@@ -55,7 +55,9 @@ def summed_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tenso
     so batch 4 x accumulation 1 and batch 1 x accumulation 4 give the same gradient.
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = base.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    hidden = base.get_decoder()(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+    ).last_hidden_state
     where = batch["targets"] != IGNORE
     logits = base.get_output_embeddings()(hidden[where])
     loss = F.cross_entropy(logits.float(), batch["targets"][where], reduction="sum")

@@ -1,0 +1,101 @@
+"""Checkpoints that survive a crash: written whole or not at all, and enough to continue bit-for-bit.
+
+A checkpoint holds the trainable weights (safetensors), the optimizer and scheduler state, the RNG states and the
+rest of the epoch's batch order, so a run killed at any instant (SIGKILL included) continues from its last
+checkpoint to the same weights as an uninterrupted run. Each is written to a hidden `.partial` folder and renamed
+into place: a folder named `step-N` is always complete.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PREFIX = "step-"
+
+
+@dataclass
+class TrainerState:
+    """Where the loop is: everything besides weights and optimizer needed to continue."""
+
+    step: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    pending_batches: list[list[int]] = field(default_factory=list)
+    best_validation_loss: float | None = None
+    evals_without_improvement: int = 0
+
+
+def latest(directory: Path) -> Path | None:
+    """The most recent complete checkpoint in `directory`, if any."""
+    found = sorted(directory.glob(f"{PREFIX}*"), key=lambda p: int(p.name.removeprefix(PREFIX)))
+    return found[-1] if found else None
+
+
+def save(
+    directory: Path,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    rng: random.Random,
+    state: TrainerState,
+    keep: int,
+) -> Path:
+    """Write a checkpoint of step `state.step` atomically and keep only the newest `keep`."""
+    import torch
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"{PREFIX}{state.step:06d}"
+    staging = directory / f".{final.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    trainable = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    save_file(trainable, staging / "trainable.safetensors")
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        },
+        staging / "optimizer.pt",
+    )
+    doc = {**state.__dict__, "python_rng": _rng_to_json(rng)}
+    (staging / "state.json").write_text(json.dumps(doc), encoding="utf-8")
+    shutil.rmtree(final, ignore_errors=True)
+    staging.rename(final)
+    for old in sorted(directory.glob(f"{PREFIX}*"), key=lambda p: int(p.name.removeprefix(PREFIX)))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load(path: Path, model: Any, optimizer: Any, scheduler: Any, rng: random.Random) -> TrainerState:
+    """Restore weights, optimizer, scheduler and RNGs from a checkpoint; return the loop state."""
+    import torch
+    from safetensors.torch import load_file
+
+    weights = load_file(path / "trainable.safetensors")
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            params[name].copy_(tensor)
+    extra = torch.load(path / "optimizer.pt", weights_only=False)
+    optimizer.load_state_dict(extra["optimizer"])
+    scheduler.load_state_dict(extra["scheduler"])
+    torch.set_rng_state(extra["torch_rng"])
+    doc = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    rng.setstate(_rng_from_json(doc.pop("python_rng")))
+    return TrainerState(**doc)
+
+
+def _rng_to_json(rng: random.Random) -> list[Any]:
+    version, internal, gauss = rng.getstate()
+    return [version, list(internal), gauss]
+
+
+def _rng_from_json(doc: list[Any]) -> tuple[Any, ...]:
+    return (doc[0], tuple(doc[1]), doc[2])
