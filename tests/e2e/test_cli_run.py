@@ -304,7 +304,7 @@ class LearntRun:
 def learnt_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: pathlib.Path) -> LearntRun:
     from specialize.data import render_prompt
     from specialize.evaluate import evaluate
-    from specialize.evaluate.scoring import label_token_ids, score_labels
+    from specialize.evaluate.scoring import SharedPrefix, label_token_ids, score_labels
     from specialize.models import load_model
 
     root = tmp_path_factory.mktemp("learnt")
@@ -313,10 +313,13 @@ def learnt_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: pathlib
     assert all(len(i) == 2 for i in ids), "the labels are no longer single tokens of the tiny tokenizer"
     questions = [f"note {i}" for i in range(9)]
     wins: Counter[str] = Counter()
-    for question in questions:
-        scores = score_labels(
-            base, tokenizer, render_prompt(tokenizer, [{"role": "user", "content": question}]), ids
-        )
+    prompts = [
+        tokenizer(render_prompt(tokenizer, [{"role": "user", "content": q}]), add_special_tokens=False)["input_ids"]
+        for q in questions
+    ]
+    prefix = SharedPrefix(base, prompts)
+    for prompt in prompts:
+        scores = score_labels(base, prefix, prompt, ids, tokenizer.pad_token_id)
         wins[ONE_TOKEN_LABELS[max(range(len(ids)), key=scores.__getitem__)]] += 1
     # Teach the label the base model likes least, so the fine-tuned model answers differently from it.
     target = min(ONE_TOKEN_LABELS, key=lambda label: wins[label])

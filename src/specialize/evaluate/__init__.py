@@ -128,22 +128,40 @@ def _fitting_prompt(tokenizer: Any, row: dict[str, Any], shots: list[dict[str, A
 
 
 def _run_system(
-    system: str, model: Any, tokenizer: Any, rows: list[dict[str, Any]], shots: list[dict[str, Any]], k: int,
-    labels: list[str] | None, seed: int, progress: bool,
+    system: str,
+    model: Any,
+    tokenizer: Any,
+    rows: list[dict[str, Any]],
+    shots: list[dict[str, Any]],
+    k: int,
+    labels: list[str] | None,
+    seed: int,
+    progress: bool,
 ) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from specialize.evaluate.metrics import classification_metrics, generation_metrics
-    from specialize.evaluate.scoring import answer_loss, generate_answer, label_token_ids, score_labels
+    from specialize.evaluate.scoring import (
+        SharedPrefix,
+        answer_loss,
+        generate_answer,
+        label_token_ids,
+        score_labels,
+    )
 
-    rng = random.Random(seed)
+    # One seeded draw of k solved examples serves every question (the usual k-shot protocol); identical
+    # demonstrations also make the prompts share a long prefix that is computed once.
+    demonstrations = random.Random(seed).sample(shots, min(k, len(shots)))
     context = getattr(model.config, "max_position_embeddings", 2048)
+    prompts = [_fitting_prompt(tokenizer, row, demonstrations, context) for row in rows]
     label_ids = label_token_ids(tokenizer, labels) if labels else []
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts] if labels else []
+    prefix = SharedPrefix(model, encoded) if labels else None
     predictions, loss_sum, n_tokens = [], 0.0, 0
-    for row in tqdm(rows, desc=system, unit="ex", disable=not progress, dynamic_ncols=True):
-        prompt = _fitting_prompt(tokenizer, row, rng.sample(shots, min(k, len(shots))), context)
-        if labels:
-            scores = score_labels(model, tokenizer, prompt, label_ids)
+    for i, row in enumerate(tqdm(rows, desc=system, unit="ex", disable=not progress, dynamic_ncols=True)):
+        prompt = prompts[i]
+        if labels and prefix is not None:
+            scores = score_labels(model, prefix, encoded[i], label_ids, tokenizer.pad_token_id)
             predictions.append(labels[max(range(len(labels)), key=scores.__getitem__)])
         else:
             reference = row["messages"][-1]["content"]
@@ -154,6 +172,8 @@ def _run_system(
     if labels:
         metrics = classification_metrics([r["label"] for r in rows], predictions, labels)
     else:
-        metrics = generation_metrics([r["messages"][-1]["content"] for r in rows], predictions, loss_sum, n_tokens)
+        metrics = generation_metrics(
+            [r["messages"][-1]["content"] for r in rows], predictions, loss_sum, n_tokens
+        )
     metrics["predictions"] = predictions
     return metrics

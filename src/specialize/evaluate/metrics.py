@@ -9,7 +9,9 @@ def classification_metrics(gold: list[str], predicted: list[str], labels: list[s
     """Accuracy, macro precision/recall/F1, per-class F1 and the confusion matrix (rows gold, columns predicted)."""
     from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
-    p, r, f, _ = precision_recall_fscore_support(gold, predicted, labels=labels, average="macro", zero_division=0)
+    p, r, f, _ = precision_recall_fscore_support(
+        gold, predicted, labels=labels, average="macro", zero_division=0
+    )
     _, _, per_class, support = precision_recall_fscore_support(
         gold, predicted, labels=labels, average=None, zero_division=0
     )
@@ -29,7 +31,9 @@ def normalise_answer(text: str) -> str:
     return " ".join(text.lower().strip().strip(".!?;:").split())
 
 
-def generation_metrics(gold: list[str], predicted: list[str], loss_sum: float, n_tokens: int) -> dict[str, Any]:
+def generation_metrics(
+    gold: list[str], predicted: list[str], loss_sum: float, n_tokens: int
+) -> dict[str, Any]:
     """Exact match after normalising, and perplexity of the reference answers."""
     import math
 

@@ -15,7 +15,11 @@ from typing import Any
 
 from specialize.runs import write_atomic
 
-SYSTEM_NAMES = {"base_zero_shot": "base, zero-shot", "base_few_shot": "base, few-shot", "fine_tuned": "fine-tuned"}
+SYSTEM_NAMES = {
+    "base_zero_shot": "base, zero-shot",
+    "base_few_shot": "base, few-shot",
+    "fine_tuned": "fine-tuned",
+}
 TABLE_METRICS = {
     "classification": ["accuracy", "macro_precision", "macro_recall", "macro_f1"],
     "generation": ["exact_match", "perplexity"],
@@ -36,9 +40,11 @@ def write_html_report(run_root: Path, title: str) -> Path:
     """Render `eval/report.html` for the run at `run_root` and return its path."""
     report = json.loads((run_root / "eval" / "report.json").read_text(encoding="utf-8"))
     header, rows = comparison_rows(report)
-    parts = [f"<h1>{html.escape(title)}</h1>",
-             f"<p>{report['n_examples']} validation examples, task: {report['task']}.</p>",
-             _table(header, rows)]
+    parts = [
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p>{report['n_examples']} validation examples, task: {report['task']}.</p>",
+        _table(header, rows),
+    ]
     metrics_file = run_root / "train" / "metrics.jsonl"
     if metrics_file.exists():
         points = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
@@ -47,8 +53,10 @@ def write_html_report(run_root: Path, title: str) -> Path:
             parts += ["<h2>Training loss</h2>", _img(_loss_plot(points))]
     if report["task"] == "classification":
         parts.append("<h2>Confusion matrices (rows: gold, columns: predicted)</h2>")
-        parts += [_img(_confusion_plot(SYSTEM_NAMES.get(s, s), m["confusion_matrix"], report["labels"]))
-                  for s, m in report["systems"].items()]
+        parts += [
+            _img(_confusion_plot(SYSTEM_NAMES.get(s, s), m["confusion_matrix"], report["labels"]))
+            for s, m in report["systems"].items()
+        ]
         parts += ["<h2>Per-class F1</h2>", _per_class_table(report)]
     audit = run_root / "data" / "audit.json"
     if audit.exists():
@@ -58,7 +66,8 @@ def write_html_report(run_root: Path, title: str) -> Path:
         "body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222}"
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}"
         "td:first-child,th:first-child{text-align:left}img{max-width:100%}</style></head><body>"
-        + "\n".join(parts) + "</body></html>"
+        + "\n".join(parts)
+        + "</body></html>"
     )
     path = run_root / "eval" / "report.html"
     write_atomic(path, page)
@@ -75,8 +84,14 @@ def _per_class_table(report: dict[str, Any]) -> str:
     systems = list(report["systems"])
     header = ["label", "support", *(SYSTEM_NAMES.get(s, s) for s in systems)]
     first = report["systems"][systems[0]]
-    rows = [[label, str(first["support"][label]), *(f"{report['systems'][s]['per_class_f1'][label]:.2f}"
-                                                     for s in systems)] for label in report["labels"]]
+    rows = [
+        [
+            label,
+            str(first["support"][label]),
+            *(f"{report['systems'][s]['per_class_f1'][label]:.2f}" for s in systems),
+        ]
+        for label in report["labels"]
+    ]
     return _table(header, rows)
 
 

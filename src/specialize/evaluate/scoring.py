@@ -19,22 +19,58 @@ def label_token_ids(tokenizer: Any, labels: list[str]) -> list[list[int]]:
     return [tokenizer(label + end, add_special_tokens=False)["input_ids"] for label in labels]
 
 
-def score_labels(model: Any, tokenizer: Any, prompt: str, label_ids: list[list[int]]) -> list[float]:
-    """Total log-probability of each candidate answer after `prompt`."""
+class SharedPrefix:
+    """The key/value cache of the token prefix that all prompts of one evaluation share, computed once.
+
+    Every prompt of a system repeats the same system prompt, task instructions and (few-shot) examples; on a CPU
+    recomputing them for each question costs more than the question itself. Prompts that share nothing get an
+    empty prefix and run whole.
+    """
+
+    def __init__(self, model: Any, prompts: list[list[int]]) -> None:
+        import torch
+
+        n = min(len(p) for p in prompts) - 1  # leave at least one token to run per prompt
+        first = prompts[0]
+        for p in prompts[1:]:
+            n = next((i for i in range(n) if p[i] != first[i]), n)
+        self.ids = first[:n]
+        self.cache = None
+        if n > 0:
+            with torch.no_grad():
+                self.cache = model(input_ids=torch.tensor([self.ids]), use_cache=True).past_key_values
+
+    def run(self, model: Any, prompt: list[int]) -> tuple[Any, Any]:
+        """Log-probabilities of the next token after `prompt`, and the cache of the whole prompt."""
+        import copy
+
+        import torch
+
+        n = len(self.ids)
+        cache = copy.deepcopy(self.cache) if n else None
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor([prompt[n:]]), cache=cache, use_cache=True, logits_to_keep=1)
+        return out.logits[0, -1].float().log_softmax(-1), out.past_key_values
+
+
+def score_labels(
+    model: Any, prefix: SharedPrefix, prompt: list[int], label_ids: list[list[int]], pad_id: int
+) -> list[float]:
+    """Total log-probability of each candidate answer after the tokens of `prompt`."""
     import torch
 
-    ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    first, cache = prefix.run(model, prompt)
+    scores = []
     with torch.no_grad():
-        out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-        first = out.logits[0, -1].float().log_softmax(-1)
-        scores = []
         for start in range(0, len(label_ids), LABEL_CHUNK):
             chunk = label_ids[start : start + LABEL_CHUNK]
-            scores += _score_chunk(model, out.past_key_values, ids.shape[1], first, chunk, tokenizer.pad_token_id)
+            scores += _score_chunk(model, cache, len(prompt), first, chunk, pad_id)
     return scores
 
 
-def _score_chunk(model: Any, cache: Any, n_prompt: int, first: Any, chunk: list[list[int]], pad_id: int) -> list[float]:
+def _score_chunk(
+    model: Any, cache: Any, n_prompt: int, first: Any, chunk: list[list[int]], pad_id: int
+) -> list[float]:
     import copy
 
     import torch
@@ -63,8 +99,13 @@ def generate_answer(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int
 
     enc = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
     with torch.no_grad():
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        out = model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
     return tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
 
