@@ -102,6 +102,9 @@ class DataConfig(_Section):
     min_tokens: int = Field(1, ge=1, description="Shorter examples (templated, in tokens) go to rejects.")
     max_tokens: int = Field(1024, gt=8, description="Longer examples (templated, in tokens) go to rejects.")
     max_train_examples: int | None = Field(None, gt=0, description="Keep a seeded sample of this many.")
+    max_per_label: int | None = Field(
+        None, gt=0, description="Downsample any training label above this many (seeded); for imbalanced sets."
+    )
     dedupe: DedupeConfig = Field(default_factory=DedupeConfig)
     pii: PiiConfig = Field(default_factory=PiiConfig)
     bias: BiasConfig = Field(default_factory=BiasConfig)

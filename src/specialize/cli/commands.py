@@ -139,6 +139,11 @@ def _render_audit(audit: dict[str, Any]) -> str:
                 + (f", {info['invalid_rows']} invalid" if info.get("invalid_rows") else "")
                 + ")"
             )
+            notes = info.get("notes")
+            if notes:
+                lines.append(
+                    f"  note: {notes['count']} row(s) read with an adjustment, e.g. {notes['first'][0]}"
+                )
     lines.append(
         f"task: {audit['task']}; after cleaning {counts['train']} train, {counts['validation']} validation,"
         f" {counts['rejected']} rejected ({audit['split']['method'] if audit['split'] else '-'})"

@@ -1,5 +1,8 @@
 """The base model's chat template, and which tokens a model learns from.
 
+Chat examples (including the prompt + chosen answer of a preference pair) go through the chat template;
+plain-text examples for continued pre-training do not (`encode_text`).
+
 Training computes the loss on assistant tokens only. The mask is found on the rendered text, not by re-tokenising
 prefixes: a chat template renders `messages[:i]` plus the generation prompt as a string prefix of the whole
 conversation, and the fast tokenizer's offsets map those character spans onto tokens, whatever the tokenizer merges
@@ -36,6 +39,22 @@ def with_system(messages: list[dict[str, str]], system_prompt: str | None) -> li
 def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
     """The text a model continues to answer the last user turn."""
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def render_conversation(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    """The whole conversation as the model sees it in training."""
+    return tokenizer.apply_chat_template(messages, tokenize=False)
+
+
+def encode_text(tokenizer: Any, text: str) -> Encoded:
+    """Tokenise plain text for continued pre-training: no template, every token a target, then end-of-sequence.
+
+    The end token teaches the model where a document stops; without it, packed documents run into each other.
+    """
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if tokenizer.eos_token_id is not None:
+        ids = [*ids, tokenizer.eos_token_id]
+    return Encoded(ids, list(ids))
 
 
 def encode_conversation(tokenizer: Any, messages: list[dict[str, str]]) -> Encoded:

@@ -60,8 +60,11 @@ def _pull_from_hub(entry: CatalogEntry, path: Path) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        snapshot_download(entry.hub_id, local_dir=path, allow_patterns=["*.json", "*.safetensors", "*.txt",
-                                                                        "*.model", "*.jinja"])
+        snapshot_download(
+            entry.hub_id,
+            local_dir=path,
+            allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"],
+        )
     except Exception as exc:  # any hub failure (offline, gated, missing) ends the same way for the user
         raise ModelNotFoundError(
             f"could not download {entry.hub_id} from the model hub ({type(exc).__name__}); on a machine without "

