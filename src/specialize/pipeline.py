@@ -9,19 +9,17 @@ for diagnosis.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from specialize.config import DEFAULT_REGISTRY, RunConfig, save_resolved
-from specialize.data import PreparedData, load_examples, prepare_data, read_prepared
+from specialize.config import DEFAULT_REGISTRY, RunConfig
+from specialize.data import PreparedData, prepare_run, read_prepared
 from specialize.evaluate import EvalReport, evaluate
 from specialize.evaluate.report import write_html_report
-from specialize.models import check_model, resolve_model
-from specialize.runs import Registry, RunDir, new_run_id, write_atomic
+from specialize.models import resolve_model
+from specialize.runs import Registry, RunDir, write_atomic
 from specialize.train import RESULT_FILE, TrainResult, train
 from specialize.train.checkpoint import latest as latest_checkpoint
 
@@ -49,24 +47,11 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
     Returns:
         The run's id, directory, and the result of each stage.
     """
-    from transformers import AutoTokenizer
-
-    check_model(config.base_model)
-    loaded = load_examples(config.data)
-    model_path = resolve_model(config.base_model)
+    data, run_id = prepare_run(config)
+    assert run_id is not None  # prepare_run creates a run when given no out_dir
     registry = Registry(config.registry_url)
-    run_id = new_run_id(config.name)
-    staging = RunDir.create(config.runs_dir, f".{run_id}.partial")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
-        data = prepare_data(config.data, tokenizer, staging.data, config.seed, loaded)
-        save_resolved(config, staging.config)
-    except BaseException:
-        shutil.rmtree(staging.root, ignore_errors=True)
-        raise
-    run_dir = RunDir(staging.root.rename(config.runs_dir / run_id))
-    data = dataclasses.replace(data, directory=run_dir.data)
-    registry.create_run(run_dir, config.name, config.base_model, config.model_dump(mode="json"))
+    registry.set_status(run_id, "running")
+    run_dir = RunDir(config.runs_dir / run_id)
     log.info(
         "run %s: %d training, %d validation examples, %d rejected",
         run_id,
@@ -74,22 +59,7 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
         data.n_validation,
         data.n_rejected,
     )
-    registry.log_metrics(
-        run_id,
-        "data",
-        {
-            "train_examples": data.n_train,
-            "validation_examples": data.n_validation,
-            "rejected_examples": data.n_rejected,
-        },
-    )
-    for kind, path in (
-        ("train_split", data.train_path),
-        ("validation_split", data.validation_path),
-        ("rejects", data.rejects_path),
-        ("audit", data.audit_path),
-    ):
-        registry.add_artifact(run_id, kind, path)
+    model_path = resolve_model(config.base_model)
     return _train_and_evaluate(config, run_dir, data, model_path, registry, progress, resume=False)
 
 

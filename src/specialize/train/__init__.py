@@ -40,6 +40,7 @@ class TrainResult:
     seconds: float
     final_train_loss: float
     validation_loss: float
+    computed_tokens: int = 0  # tokens run through the model: a prefix shared by a batch counts once
 
     @property
     def tokens_per_second(self) -> float:
@@ -147,6 +148,9 @@ def train(
                 (loss_sum / n_targets).backward()
                 step_loss += loss_sum.item()
                 state.tokens += int(batch["attention_mask"].sum())
+                state.computed_tokens += int(batch["attention_mask"].sum()) - int(batch["shared_prefix"]) * (
+                    len(batch["input_ids"]) - 1
+                )
             last_loss = step_loss / n_targets
             if not math.isfinite(last_loss):
                 raise TrainingError(
@@ -208,7 +212,8 @@ def train(
         state.tokens / max(state.seconds, 1e-9),
     )
     result = TrainResult(
-        output, config.adapter is not None, state.step, state.tokens, state.seconds, last_loss, val_loss
+        output, config.adapter is not None, state.step, state.tokens, state.seconds, last_loss, val_loss,
+        state.computed_tokens,
     )
     result.save(out_dir / RESULT_FILE)
     return result

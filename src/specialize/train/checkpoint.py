@@ -24,6 +24,7 @@ class TrainerState:
 
     step: int = 0
     tokens: int = 0
+    computed_tokens: int = 0
     seconds: float = 0.0
     pending_batches: list[list[int]] = field(default_factory=list)
     best_validation_loss: float | None = None

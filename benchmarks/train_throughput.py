@@ -1,0 +1,281 @@
+"""Training throughput: specialize's trainer against TRL's `SFTTrainer`, side by side on a CPU.
+
+Both fine-tune SmolLM2-135M-Instruct (float32) with LoRA rank 16, alpha 32, dropout 0 on every linear layer,
+batch 8, learning rate 2e-4 on a cosine schedule, for the same N optimizer steps over the same N x 8 examples
+(the first ones of the legal_unfair_tos training split, one epoch each), with the loss on the assistant answer
+only. Each side runs in its own child process so that its peak memory (ru_maxrss) is its own. For each side it
+reports:
+
+- trained tokens: non-padding tokens of the batches actually trained on. Both trainers see the same examples
+  once, so the count is the same on both sides; what differs is how much padding each computes on top of it.
+- tokens/s: those tokens over the training loop's time (model loading, tokenising and validation excluded).
+- validation loss: mean token cross-entropy on the answer tokens (answer plus end-of-turn) of the first 64
+  (`--max-val`) validation examples, computed by `validation_loss` below for both saved adapters, each loaded
+  with PEFT onto a freshly loaded base model, one unpadded example at a time, so neither grades itself.
+- model FLOPs utilisation (MFU): tokens/s x FLOPs per token / this machine's float32 matmul FLOP/s (best of
+  several 2048 x 2048 matmuls, measured in the same run). The FLOPs per trained token of LoRA training are
+
+      4 x P_body + 6 x P_lora + 4 x d x V x (loss positions / tokens)
+
+  where P_body is the base's parameters less the token embedding (frozen: 2 for the forward pass, 2 for the
+  gradient of the activations), P_lora the adapter's (also 2 for their weight gradient), and d x V the
+  lm_head, needed only where a loss is taken. Attention scores are left out (short sequences). The
+  conventional 6 x P (P = every base parameter, the tied embedding counted once) is printed for reference; it
+  overstates the work of LoRA training, which computes no gradient for frozen weights.
+
+Run it with `make bench`, or `python benchmarks/train_throughput.py --steps 12` (the default: 10 to 20 minutes
+on 2 cores, most of it TRL's; `--steps 2 --max-val 8` for a smoke test). Why: specialize hand-writes its
+training loop for CPU speed (see `specialize/train/batching.py`); this shows what that buys against the
+standard library, at equal quality.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "legal_unfair_tos"
+BATCH, RANK, ALPHA, LEARNING_RATE = 8, 16, 32, 2e-4
+SIDES = {"trl": "TRL SFTTrainer", "specialize": "specialize"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=12, help="optimizer steps per side (batch 8)")
+    parser.add_argument("--max-val", type=int, default=64, help="validation examples to score")
+    parser.add_argument("--data", type=Path, default=DATA, help="holds train.jsonl and validation.jsonl")
+    parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # child mode
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.side:
+        args.out.write_text(json.dumps(run_side(args.side, args.work, args.steps)))
+        return
+
+    train_rows = _read(args.data / "train.jsonl")
+    if not 0 < args.steps * BATCH <= len(train_rows):
+        parser.error(f"--steps must be 1..{len(train_rows) // BATCH} so both sides train on one epoch")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        _write(work / "train.jsonl", train_rows[: args.steps * BATCH])
+        val_rows = _read(args.data / "validation.jsonl")[: args.max_val]
+        _write(work / "validation.jsonl", val_rows)
+        flops = matmul_flops()
+        results = {}
+        for side, name in SIDES.items():
+            print(f"training with {name}: {args.steps} steps ...", file=sys.stderr, flush=True)
+            out = work / f"{side}.json"
+            cmd = [sys.executable, __file__, "--side", side, "--steps", str(args.steps), "--work", str(work)]
+            started = time.perf_counter()
+            child = subprocess.run([*cmd, "--out", str(out)], capture_output=True, text=True)
+            if child.returncode != 0:
+                sys.exit(f"{name} failed:\n{child.stdout}{child.stderr}")
+            results[side] = {**json.loads(out.read_text()), "wall_seconds": time.perf_counter() - started}
+    _print_table(results, flops, args.steps, len(val_rows))
+
+
+def run_side(side: str, work: Path, steps: int) -> dict[str, Any]:
+    """Train one side in this process; report its figures (peak memory taken before validation)."""
+    from specialize.models import resolve_model
+
+    model_path = resolve_model("smollm2-135m-instruct")
+    trainer = train_trl if side == "trl" else train_specialize
+    figures = trainer(model_path, work, steps)
+    figures["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    adapter = Path(figures.pop("adapter"))
+    val_rows, train_rows = _read(work / "validation.jsonl"), _read(work / "train.jsonl")
+    val_loss, flops_per_token, flops_6n = validation_loss(model_path, adapter, val_rows, train_rows)
+    return {**figures, "validation_loss": val_loss, "flops_per_token": flops_per_token, "flops_6n": flops_6n}
+
+
+def train_trl(model_path: Path, work: Path, steps: int) -> dict[str, Any]:
+    """TRL 1.16's SFTTrainer as its documentation configures LoRA SFT, on the CPU in float32.
+
+    The data is given in TRL's conversational prompt-completion format (prompt = the user turn, completion =
+    the assistant turn), for which `completion_only_loss` (the default there, set explicitly) puts the loss on
+    the completion only. The conversational "messages" format with `assistant_only_loss=True` is not usable:
+    it needs `{% generation %}` markers in the chat template, SmolLM2's has none and TRL 1.16 ships no
+    training template for it, so SFTTrainer raises. TRL's completion also takes the newline after <|im_end|>
+    as a target, one token per example that specialize leaves out; the shared validation loss scores neither.
+    """
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    from specialize.config import TrainConfig
+
+    messages = [r["messages"] for r in _read(work / "train.jsonl")]
+    rows = [{"prompt": m[:-1], "completion": m[-1:]} for m in messages]
+    args = SFTConfig(
+        output_dir=str(work / "trl"),
+        use_cpu=True,
+        model_init_kwargs={"dtype": "float32"},
+        bf16=False,  # SFTConfig turns bf16 on by default; specialize trains in float32
+        # SFTConfig turns gradient checkpointing on by default, recomputing the forward pass (a third more
+        # work) to save memory; specialize keeps activations, so both do the same arithmetic here.
+        gradient_checkpointing=False,
+        per_device_train_batch_size=BATCH,
+        max_steps=steps,
+        learning_rate=LEARNING_RATE,
+        lr_scheduler_type="cosine",  # specialize's schedule, with the same warm-up rounding
+        warmup_steps=round(steps * TrainConfig().warmup_ratio),
+        completion_only_loss=True,
+        packing=False,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        seed=0,
+    )
+    peft_config = LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0, target_modules="all-linear")
+    dataset = Dataset.from_list(rows)
+    trainer = SFTTrainer(model=str(model_path), args=args, train_dataset=dataset, peft_config=peft_config)
+    started = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - started
+    # TRL's own running count: the attention-mask ones of every batch it trained on, i.e. non-padding tokens.
+    tokens = [h["num_tokens"] for h in trainer.state.log_history if "num_tokens" in h][-1]
+    trainer.save_model(str(work / "trl" / "adapter"))
+    return {"adapter": str(work / "trl" / "adapter"), "tokens": int(tokens), "train_seconds": seconds}
+
+
+def train_specialize(model_path: Path, work: Path, steps: int) -> dict[str, Any]:
+    """specialize's `train()`; its `seconds` times the training loop alone, like the timer around TRL's."""
+    from specialize.config import LoraConfig, TrainConfig
+    from specialize.train import train
+
+    config = TrainConfig(
+        max_steps=steps,
+        batch_size=BATCH,
+        lora=LoraConfig(rank=RANK, alpha=ALPHA),
+        learning_rate=LEARNING_RATE,
+    )
+    result = train(
+        config,
+        model_path,
+        work / "train.jsonl",
+        work / "validation.jsonl",
+        work / "specialize",
+        seed=0,
+        progress=False,
+    )
+    return {
+        "adapter": str(result.output_dir),
+        "tokens": result.train_tokens,
+        "computed_tokens": result.computed_tokens,
+        "train_seconds": result.seconds,
+        "own_validation_loss": result.validation_loss,
+    }
+
+
+def validation_loss(
+    model_path: Path, adapter: Path, val_rows: list[dict[str, Any]], train_rows: list[dict[str, Any]]
+) -> tuple[float, float, float]:
+    """Mean answer-token cross-entropy of base + `adapter` on `val_rows`, and the FLOPs per trained token.
+
+    Returns (loss, FLOPs per token as in the module docstring, 6 x base parameters); the share of tokens where
+    a loss is taken comes from `train_rows`, tokenised the same way.
+    """
+    import torch
+    import torch.nn.functional as F
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, adapter).eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for row in val_rows:
+            prompt, answer = _encode(tokenizer, row["messages"])
+            logits = model(input_ids=torch.tensor([prompt + answer])).logits[0, len(prompt) - 1 : -1]
+            total += F.cross_entropy(logits.float(), torch.tensor(answer), reduction="sum").item()
+            count += len(answer)
+
+    encoded = [_encode(tokenizer, row["messages"]) for row in train_rows]
+    loss_share = sum(len(a) for _, a in encoded) / sum(len(p) + len(a) for p, a in encoded)
+    named = dict(model.named_parameters())
+    lora = sum(p.numel() for n, p in named.items() if "lora_" in n)
+    every = sum(p.numel() for n, p in named.items() if "lora_" not in n)  # a tied embedding is listed once
+    embedding = base.get_input_embeddings().weight.numel()
+    head = base.get_output_embeddings().weight.numel()
+    body = every - embedding - (0 if base.config.tie_word_embeddings else head)
+    return total / count, 4 * body + 6 * lora + 4 * head * loss_share, 6 * every
+
+
+def matmul_flops(n: int = 2048, repeats: int = 10) -> float:
+    """Float32 FLOP/s of this machine: the best of `repeats` n x n matmuls, after a warm-up."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - started)
+    return 2 * n**3 / best
+
+
+def _encode(tokenizer: Any, messages: list[dict[str, str]]) -> list[list[int]]:
+    """Prompt ids as at inference (chat template + generation prompt), and the answer ids with end-of-turn."""
+    prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+    answer = messages[-1]["content"] + tokenizer.eos_token
+    return [tokenizer(text, add_special_tokens=False)["input_ids"] for text in (prompt, answer)]
+
+
+def _print_table(results: dict[str, dict[str, Any]], flops: float, steps: int, n_val: int) -> None:
+    trl, spec = results["trl"], results["specialize"]
+    for r in results.values():
+        # MFU counts the work done: specialize runs a prompt prefix shared by a batch once, so it computes
+        # fewer tokens than it trains on; TRL computes every trained token.
+        r.setdefault("computed_tokens", r["tokens"])
+        r["tokens_per_second"] = r["tokens"] / r["train_seconds"]
+        r["mfu"] = r["computed_tokens"] / r["train_seconds"] * r["flops_per_token"] / flops
+        r["mfu_6n"] = r["computed_tokens"] / r["train_seconds"] * r["flops_6n"] / flops
+    rows = [
+        ("trained tokens (non-padding)", "tokens", "{:,.0f}"),
+        ("computed tokens (shared prefix once)", "computed_tokens", "{:,.0f}"),
+        ("training loop (s)", "train_seconds", "{:.1f}"),
+        ("tokens/s", "tokens_per_second", "{:.1f}"),
+        (f"validation loss ({n_val} examples)", "validation_loss", "{:.4f}"),
+        ("peak memory, RSS (MiB)", "peak_rss_mib", "{:,.0f}"),
+        ("process wall time (s)", "wall_seconds", "{:.1f}"),
+        ("MFU", "mfu", "{:.1%}"),
+        ("MFU with 6N", "mfu_6n", "{:.1%}"),
+    ]
+    print(
+        f"\nSmolLM2-135M-Instruct, LoRA r={RANK} all-linear, float32, batch {BATCH}, {steps} steps "
+        f"on the same {steps * BATCH} examples"
+    )
+    print(f"{'':38}{SIDES['trl']:>16}{SIDES['specialize']:>14}")
+    for label, key, fmt in rows:
+        print(f"{label:38}{fmt.format(trl[key]):>16}{fmt.format(spec[key]):>14}")
+    speedup = spec["tokens_per_second"] / trl["tokens_per_second"]
+    diff = (spec["validation_loss"] - trl["validation_loss"]) / trl["validation_loss"]
+    print(f"\nspecialize / TRL tokens/s:          {speedup:.2f}x")
+    print(f"validation loss, specialize vs TRL: {diff:+.2%}")
+    print(f"float32 matmul (2048 x 2048):       {flops / 1e9:.1f} GFLOP/s")
+    per_token, six_n = spec["flops_per_token"] / 1e6, spec["flops_6n"] / 1e6
+    print(f"FLOPs per token, LoRA / 6N:         {per_token:.0f} M / {six_n:.0f} M")
+    own = spec["own_validation_loss"]
+    print(f"specialize's own validation loss:   {own:.4f} (from train(), its batched loop, same examples)")
+
+
+def _read(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def _write(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
