@@ -318,8 +318,7 @@ def learnt_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: pathlib
         for q in questions
     ]
     prefix = SharedPrefix(base, prompts)
-    for prompt in prompts:
-        scores = score_labels(base, prefix, prompt, ids, tokenizer.pad_token_id)
+    for scores in score_labels(base, prefix, prompts, ids, tokenizer.pad_token_id):
         wins[ONE_TOKEN_LABELS[max(range(len(ids)), key=scores.__getitem__)]] += 1
     # Teach the label the base model likes least, so the fine-tuned model answers differently from it.
     target = min(ONE_TOKEN_LABELS, key=lambda label: wins[label])

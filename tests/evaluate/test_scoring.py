@@ -30,19 +30,21 @@ def test_cached_scores_equal_full_forward(tiny_model_dir, tiny_tokenizer):
     labels = label_token_ids(tiny_tokenizer, LABELS)
     prefix = SharedPrefix(model, prompts)
     assert len(prefix.ids) > 5, "the system prompt and 'Label this:' are shared"
-    for prompt in prompts:
-        got = score_labels(model, prefix, prompt, labels, tiny_tokenizer.pad_token_id)
+    # All at once (right-padded batch) and one by one: both equal the plain forward pass.
+    batched = score_labels(model, prefix, prompts, labels, tiny_tokenizer.pad_token_id)
+    for prompt, got in zip(prompts, batched, strict=True):
         expected = [_reference(model, prompt, label) for label in labels]
         torch.testing.assert_close(torch.tensor(got), torch.tensor(expected), rtol=1e-4, atol=1e-4)
+        [alone] = score_labels(model, prefix, [prompt], labels, tiny_tokenizer.pad_token_id)
+        torch.testing.assert_close(torch.tensor(alone), torch.tensor(expected), rtol=1e-4, atol=1e-4)
 
 
 def test_prompts_without_common_prefix_run_whole(tiny_model_dir, tiny_tokenizer):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    prompts = [[5, 6, 7, 8], [9, 10, 11]]
+    prompts = [[5, 6, 7, 8, 30, 31], [9, 10, 11]]
     prefix = SharedPrefix(model, prompts)
     assert prefix.ids == []
     labels = label_token_ids(tiny_tokenizer, LABELS)
-    for prompt in prompts:
-        got = score_labels(model, prefix, prompt, labels, tiny_tokenizer.pad_token_id)
+    for prompt, got in zip(prompts, score_labels(model, prefix, prompts, labels, 0), strict=True):
         expected = [_reference(model, prompt, label) for label in labels]
         torch.testing.assert_close(torch.tensor(got), torch.tensor(expected), rtol=1e-4, atol=1e-4)

@@ -24,6 +24,7 @@ from specialize.runs import write_atomic
 
 log = logging.getLogger(__name__)
 
+EVAL_BATCH = 4  # prompts scored together; bounds the label-expanded cache to a few hundred MB
 HEADLINE = {"classification": "macro_f1", "generation": "exact_match"}
 
 
@@ -158,17 +159,22 @@ def _run_system(
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts] if labels else []
     prefix = SharedPrefix(model, encoded) if labels else None
     predictions, loss_sum, n_tokens = [], 0.0, 0
-    for i, row in enumerate(tqdm(rows, desc=system, unit="ex", disable=not progress, dynamic_ncols=True)):
-        prompt = prompts[i]
-        if labels and prefix is not None:
-            scores = score_labels(model, prefix, encoded[i], label_ids, tokenizer.pad_token_id)
-            predictions.append(labels[max(range(len(labels)), key=scores.__getitem__)])
-        else:
+    bar = tqdm(total=len(rows), desc=system, unit="ex", disable=not progress, dynamic_ncols=True)
+    if labels and prefix is not None:
+        for start in range(0, len(rows), EVAL_BATCH):
+            batch = encoded[start : start + EVAL_BATCH]
+            for scores in score_labels(model, prefix, batch, label_ids, tokenizer.pad_token_id):
+                predictions.append(labels[max(range(len(labels)), key=scores.__getitem__)])
+            bar.update(len(batch))
+    else:
+        for row, prompt in zip(rows, prompts, strict=True):
             reference = row["messages"][-1]["content"]
             budget = min(512, len(tokenizer(reference)["input_ids"]) * 2 + 16)
             predictions.append(generate_answer(model, tokenizer, prompt, budget))
             loss, n = answer_loss(model, tokenizer, prompt, reference)
             loss_sum, n_tokens = loss_sum + loss, n_tokens + n
+            bar.update(1)
+    bar.close()
     if labels:
         metrics = classification_metrics([r["label"] for r in rows], predictions, labels)
     else:

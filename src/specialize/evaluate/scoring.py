@@ -40,57 +40,95 @@ class SharedPrefix:
             with torch.no_grad():
                 self.cache = model(input_ids=torch.tensor([self.ids]), use_cache=True).past_key_values
 
-    def run(self, model: Any, prompt: list[int]) -> tuple[Any, Any]:
-        """Log-probabilities of the next token after `prompt`, and the cache of the whole prompt."""
+    def expanded(self, rows: int) -> Any:
+        """A copy of the prefix cache for `rows` prompts (None when there is no shared prefix)."""
         import copy
 
-        import torch
-
-        n = len(self.ids)
-        cache = copy.deepcopy(self.cache) if n else None
-        with torch.no_grad():
-            out = model(input_ids=torch.tensor([prompt[n:]]), cache=cache, use_cache=True, logits_to_keep=1)
-        return out.logits[0, -1].float().log_softmax(-1), out.past_key_values
+        if self.cache is None:
+            return None
+        cache = copy.deepcopy(self.cache)
+        cache.batch_repeat_interleave(rows)
+        return cache
 
 
 def score_labels(
-    model: Any, prefix: SharedPrefix, prompt: list[int], label_ids: list[list[int]], pad_id: int
-) -> list[float]:
-    """Total log-probability of each candidate answer after the tokens of `prompt`."""
+    model: Any, prefix: SharedPrefix, prompts: list[list[int]], label_ids: list[list[int]], pad_id: int
+) -> list[list[float]]:
+    """Total log-probability of each candidate answer after each prompt, for a batch of prompts.
+
+    Prompts are right-padded after the shared prefix; each label continues from its own prompt's last token with
+    explicit positions, so padding changes neither positions nor attention and the scores equal those of the
+    prompt run alone (tested).
+    """
     import torch
 
-    first, cache = prefix.run(model, prompt)
-    scores = []
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder, head = base.get_decoder(), base.get_output_embeddings()
+    n = len(prefix.ids)
+    lengths = [len(p) - n for p in prompts]
+    width = max(lengths)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), n + width), dtype=torch.long)
+    mask[:, :n] = 1
+    for row, p in enumerate(prompts):
+        ids[row, : lengths[row]] = torch.tensor(p[n:])
+        mask[row, n : n + lengths[row]] = 1
     with torch.no_grad():
-        for start in range(0, len(label_ids), LABEL_CHUNK):
-            chunk = label_ids[start : start + LABEL_CHUNK]
-            scores += _score_chunk(model, cache, len(prompt), first, chunk, pad_id)
+        out = decoder(input_ids=ids, attention_mask=mask, cache=prefix.expanded(len(prompts)), use_cache=True)
+        last = out.last_hidden_state[torch.arange(len(prompts)), torch.tensor(lengths) - 1]
+        first = head(last).float().log_softmax(-1)
+        scores = [[first[row, c[0]].item() for c in label_ids] for row in range(len(prompts))]
+        longest = max(len(c) for c in label_ids)
+        if longest > 1:
+            for start in range(0, len(label_ids), LABEL_CHUNK):
+                chunk = label_ids[start : start + LABEL_CHUNK]
+                _continue_labels(
+                    decoder, head, out.past_key_values, mask, lengths, n, chunk, start, scores, pad_id
+                )
     return scores
 
 
-def _score_chunk(
-    model: Any, cache: Any, n_prompt: int, first: Any, chunk: list[list[int]], pad_id: int
-) -> list[float]:
+def _continue_labels(
+    decoder: Any,
+    head: Any,
+    cache: Any,
+    mask: Any,
+    lengths: list[int],
+    n: int,
+    chunk: list[list[int]],
+    offset: int,
+    scores: list[list[float]],
+    pad_id: int,
+) -> None:
+    """Add the log-probabilities of every label token after the first, for all prompts at once."""
     import copy
 
     import torch
 
-    longest = max(len(c) for c in chunk)
-    scores = [first[c[0]].item() for c in chunk]
-    if longest == 1:
-        return scores
-    cont = torch.full((len(chunk), longest - 1), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(chunk), n_prompt + longest - 1), dtype=torch.long)
-    mask[:, :n_prompt] = 1
-    for row, c in enumerate(chunk):
-        cont[row, : len(c) - 1] = torch.tensor(c[:-1])
-        mask[row, n_prompt : n_prompt + len(c) - 1] = 1
+    steps = max(len(c) for c in chunk) - 1
+    if steps == 0:
+        return
+    rows = len(lengths) * len(chunk)
+    cont = torch.full((rows, steps), pad_id, dtype=torch.long)
+    cont_mask = torch.zeros((rows, steps), dtype=torch.long)
+    positions = torch.zeros((rows, steps), dtype=torch.long)
+    for p, length in enumerate(lengths):
+        for c, label in enumerate(chunk):
+            r = p * len(chunk) + c
+            cont[r, : len(label) - 1] = torch.tensor(label[:-1])
+            cont_mask[r, : len(label) - 1] = 1
+            positions[r] = n + length + torch.arange(steps)
     expanded = copy.deepcopy(cache)
     expanded.batch_repeat_interleave(len(chunk))
-    logp = model(input_ids=cont, cache=expanded, attention_mask=mask).logits.float().log_softmax(-1)
-    for row, c in enumerate(chunk):
-        scores[row] += sum(logp[row, j, c[j + 1]].item() for j in range(len(c) - 1))
-    return scores
+    full_mask = torch.cat([mask.repeat_interleave(len(chunk), dim=0), cont_mask], dim=1)
+    hidden = decoder(
+        input_ids=cont, attention_mask=full_mask, position_ids=positions, cache=expanded
+    ).last_hidden_state
+    logp = head(hidden).float().log_softmax(-1)
+    for p in range(len(lengths)):
+        for c, label in enumerate(chunk):
+            r = p * len(chunk) + c
+            scores[p][offset + c] += sum(logp[r, j, label[j + 1]].item() for j in range(len(label) - 1))
 
 
 def generate_answer(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int) -> str:
