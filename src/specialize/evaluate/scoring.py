@@ -1,16 +1,14 @@
 """Model outputs for evaluation: label scores for classification, greedy answers and answer loss otherwise.
 
-Classification answers are constrained to the label set by scoring: the prompt runs once, its key/value cache is
-copied for the candidate labels, and every label (with the end-of-turn token, so that "Choice" cannot win over
-"Choice of law" by being a prefix) is scored by its total log-probability in one batched forward. A free-running
+Classification answers are constrained to the label set by scoring: the prompt runs once, and every label (with
+the end-of-turn token, so that "Choice" cannot win over "Choice of law" by being a prefix) is scored by its total
+log-probability in one more forward over all labels at once. A free-running
 model can answer outside the label set; scoring measures what it knows rather than how it formats.
 """
 
 from __future__ import annotations
 
 from typing import Any
-
-LABEL_CHUNK = 16  # candidate labels scored per forward; bounds the copied cache for large label sets
 
 
 def label_token_ids(tokenizer: Any, labels: list[str]) -> list[list[int]]:
@@ -78,57 +76,52 @@ def score_labels(
         last = out.last_hidden_state[torch.arange(len(prompts)), torch.tensor(lengths) - 1]
         first = head(last).float().log_softmax(-1)
         scores = [[first[row, c[0]].item() for c in label_ids] for row in range(len(prompts))]
-        longest = max(len(c) for c in label_ids)
-        if longest > 1:
-            for start in range(0, len(label_ids), LABEL_CHUNK):
-                chunk = label_ids[start : start + LABEL_CHUNK]
-                _continue_labels(
-                    decoder, head, out.past_key_values, mask, lengths, n, chunk, start, scores, pad_id
-                )
+        _add_continuations(decoder, head, out.past_key_values, mask, lengths, n, label_ids, scores)
     return scores
 
 
-def _continue_labels(
+def _add_continuations(
     decoder: Any,
     head: Any,
     cache: Any,
     mask: Any,
     lengths: list[int],
     n: int,
-    chunk: list[list[int]],
-    offset: int,
+    label_ids: list[list[int]],
     scores: list[list[float]],
-    pad_id: int,
 ) -> None:
-    """Add the log-probabilities of every label token after the first, for all prompts at once."""
-    import copy
+    """Add the log-probabilities of every label token after the first, all labels in one pass.
 
+    The labels' tokens are packed into one sequence per prompt with a tree-shaped attention mask: each token sees
+    the prompt and the earlier tokens of its own label only, at the positions it would have after the prompt.
+    Copying the prompt's cache once per label instead costs memory traffic that grows with labels x prompt
+    length, and dominated evaluation (17 labels: 0.5 s of 0.9 s per question).
+    """
     import torch
 
-    steps = max(len(c) for c in chunk) - 1
-    if steps == 0:
+    packed = [
+        (label, depth, token) for label, ids in enumerate(label_ids) for depth, token in enumerate(ids[:-1])
+    ]
+    if not packed:
         return
-    rows = len(lengths) * len(chunk)
-    cont = torch.full((rows, steps), pad_id, dtype=torch.long)
-    cont_mask = torch.zeros((rows, steps), dtype=torch.long)
-    positions = torch.zeros((rows, steps), dtype=torch.long)
-    for p, length in enumerate(lengths):
-        for c, label in enumerate(chunk):
-            r = p * len(chunk) + c
-            cont[r, : len(label) - 1] = torch.tensor(label[:-1])
-            cont_mask[r, : len(label) - 1] = 1
-            positions[r] = n + length + torch.arange(steps)
-    expanded = copy.deepcopy(cache)
-    expanded.batch_repeat_interleave(len(chunk))
-    full_mask = torch.cat([mask.repeat_interleave(len(chunk), dim=0), cont_mask], dim=1)
+    owner = torch.tensor([p[0] for p in packed])
+    depth = torch.tensor([p[1] for p in packed])
+    rows, seen = len(lengths), mask.shape[1]
+    blocked = torch.finfo(torch.float32).min
+    own_label = (owner[:, None] == owner[None, :]) & (depth[None, :] <= depth[:, None])
+    attention = torch.full((rows, 1, len(packed), seen + len(packed)), blocked)
+    attention[:, 0, :, :seen] = torch.where(mask[:, None, :] == 1, 0.0, blocked)
+    attention[:, 0, :, seen:] = torch.where(own_label, 0.0, blocked)
+    tokens = torch.tensor([p[2] for p in packed]).expand(rows, -1)
+    positions = n + torch.tensor(lengths)[:, None] + depth[None, :]
     hidden = decoder(
-        input_ids=cont, attention_mask=full_mask, position_ids=positions, cache=expanded
+        input_ids=tokens, attention_mask=attention, position_ids=positions, cache=cache
     ).last_hidden_state
     logp = head(hidden).float().log_softmax(-1)
-    for p in range(len(lengths)):
-        for c, label in enumerate(chunk):
-            r = p * len(chunk) + c
-            scores[p][offset + c] += sum(logp[r, j, label[j + 1]].item() for j in range(len(label) - 1))
+    for q, (label, d, _) in enumerate(packed):
+        target = label_ids[label][d + 1]
+        for row in range(rows):
+            scores[row][label] += logp[row, q, target].item()
 
 
 def generate_answer(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int) -> str:
