@@ -13,7 +13,7 @@ from pathlib import Path
 
 from specialize.errors import SpecializeError
 
-BUNDLED_EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "legal_unfair_tos.yaml"
+BUNDLED_EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "legal_cuad_clauses.yaml"
 
 
 def _parser() -> argparse.ArgumentParser:
