@@ -246,3 +246,12 @@ def test_resolved_config_loads_back_to_the_same_config(
     out.write_text(yaml.safe_dump(doc), encoding="utf-8")
 
     assert load_config(out) == config
+
+
+def test_data_path_given_with_set_is_relative_to_the_working_directory(tmp_path, monkeypatch):
+    (tmp_path / "conf").mkdir()
+    config_path = tmp_path / "conf" / "run.yaml"
+    config_path.write_text("data: {train: in_conf.jsonl}\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    assert load_config(config_path).data.train == tmp_path / "conf" / "in_conf.jsonl"
+    assert load_config(config_path, ["data.train=typed.jsonl"]).data.train == tmp_path / "typed.jsonl"

@@ -252,10 +252,12 @@ def load_config(path: Path | str | None, overrides: list[str] | None = None) -> 
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source)) from None
     config.runs_dir = config.runs_dir.expanduser().resolve()
+    # A path typed on the command line is relative to where it was typed; one in the file, to the file.
+    typed = {item.partition("=")[0].strip() for item in overrides or []}
     data = config.data
-    data.train = _relative_to(data.train, base_dir)
+    data.train = _relative_to(data.train, Path.cwd() if "data.train" in typed else base_dir)
     if data.validation is not None:
-        data.validation = _relative_to(data.validation, base_dir)
+        data.validation = _relative_to(data.validation, Path.cwd() if "data.validation" in typed else base_dir)
     return config
 
 
