@@ -148,13 +148,13 @@ def test_time_estimate_scales_with_parameters_and_honours_a_configured_rate() ->
     small = TokenCounter(None, "m", "estimate", 2048, REFERENCE_PARAMETERS)
     big = TokenCounter(None, "m", "estimate", 2048, REFERENCE_PARAMETERS * 4)
 
-    base = training_estimate(250_000, small, None)
-    scaled = training_estimate(250_000, big, None)
-    configured = training_estimate(250_000, big, 5000.0)
+    base = training_estimate(450_000, small, None)
+    scaled = training_estimate(450_000, big, None)
+    configured = training_estimate(450_000, big, 5000.0)
 
-    assert base["seconds_per_epoch"] == 1000 and base["tokens_per_second"] == 250.0
+    assert base["seconds_per_epoch"] == 1000 and base["tokens_per_second"] == 450.0
     assert scaled["seconds_per_epoch"] == 4000
-    assert configured["seconds_per_epoch"] == 50 and configured["basis"].startswith("estimate: data.tokens")
+    assert configured["seconds_per_epoch"] == 90 and configured["basis"].startswith("estimate: data.tokens")
     assert "estimate" in base["basis"]
 
 

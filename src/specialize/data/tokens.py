@@ -7,8 +7,9 @@ character and per word, plus one per further 7 letters of a long word) came with
 the message texts of each of the eight shared datasets; the template adds 5 tokens per message and a default
 system prompt of about 20.
 
-The training-time estimate assumes a throughput measured on this project's reference machine: about 250 tokens/s
-for SmolLM2-135M with LoRA on a 2-core CPU, scaled by parameter count (the work per token of a transformer grows
+The training-time estimate assumes a throughput measured on this project's reference machine: about 450 tokens/s
+for SmolLM2-135M with LoRA on a 2-core CPU (489 measured by `make demo` on CUAD clauses, whose shared instructions
+are computed once per batch; less on data without them), scaled by parameter count (the work per token of a transformer grows
 about linearly with its parameters).
 """
 
@@ -25,7 +26,7 @@ from specialize.data.load import Example
 from specialize.data.template import render_conversation
 from specialize.errors import DataError
 
-REFERENCE_TOKENS_PER_SECOND = 250.0
+REFERENCE_TOKENS_PER_SECOND = 450.0
 REFERENCE_PARAMETERS = 134_515_008
 TEMPLATE_TOKENS_PER_MESSAGE = 5
 # Chat templates (SmolLM2's, Qwen's) insert a default system prompt when a conversation has none.
