@@ -12,7 +12,7 @@ import difflib
 import subprocess
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -127,7 +127,7 @@ class LoraConfig(_Section):
     """Low-rank adapter shape (LoRA, or DoRA with `train.adapter: dora`)."""
 
     rank: int = Field(16, gt=0)
-    alpha: float = Field(32.0, gt=0)
+    alpha: int = Field(32, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
     rslora: bool = Field(False, description="Scale by alpha/sqrt(rank) instead of alpha/rank.")
@@ -173,9 +173,7 @@ EvalSystem = Literal["base_zero_shot", "base_few_shot", "fine_tuned"]
 class EvalConfig(_Section):
     """What the fine-tuned model is compared against, on the validation split."""
 
-    systems: list[EvalSystem] = Field(
-        default_factory=lambda: ["base_zero_shot", "base_few_shot", "fine_tuned"]
-    )
+    systems: list[EvalSystem] = Field(default_factory=lambda: list(get_args(EvalSystem)))
     few_shot_k: int = Field(3, ge=1, le=16, description="Training examples put in a few-shot prompt.")
     max_examples: int | None = Field(None, gt=0, description="Evaluate on a seeded sample of this many.")
 
@@ -257,7 +255,9 @@ def load_config(path: Path | str | None, overrides: list[str] | None = None) -> 
     data = config.data
     data.train = _relative_to(data.train, Path.cwd() if "data.train" in typed else base_dir)
     if data.validation is not None:
-        data.validation = _relative_to(data.validation, Path.cwd() if "data.validation" in typed else base_dir)
+        data.validation = _relative_to(
+            data.validation, Path.cwd() if "data.validation" in typed else base_dir
+        )
     return config
 
 
@@ -338,7 +338,7 @@ def save_resolved(config: RunConfig, path: Path) -> None:
 
 
 def _versions() -> dict[str, str]:
-    out = {}
+    out: dict[str, str] = {}
     for name in ("specialize", "torch", "transformers", "peft", "python"):
         if name == "python":
             import platform

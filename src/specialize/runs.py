@@ -183,7 +183,9 @@ class Registry:
         """Forget metrics logged after `step`: a resumed run logs those steps again from its checkpoint."""
         m = self.metrics.c
         with self.engine.begin() as conn:
-            conn.execute(self.metrics.delete().where((m.run_id == run_id) & (m.stage == stage) & (m.step > step)))
+            conn.execute(
+                self.metrics.delete().where((m.run_id == run_id) & (m.stage == stage) & (m.step > step))
+            )
 
     def add_artifact(self, run_id: str, kind: str, path: Path) -> None:
         with self.engine.begin() as conn:

@@ -18,7 +18,8 @@ def test_killed_run_resumes_through_the_cli(config_factory, capsys):
     config = load_config(config_path)
     child = subprocess.Popen(
         [sys.executable, "-m", "specialize", "--quiet", "run", str(config_path)],
-        env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 120
     checkpoints = []

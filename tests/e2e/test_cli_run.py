@@ -314,7 +314,9 @@ def learnt_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: pathlib
     questions = [f"note {i}" for i in range(9)]
     wins: Counter[str] = Counter()
     prompts = [
-        tokenizer(render_prompt(tokenizer, [{"role": "user", "content": q}]), add_special_tokens=False)["input_ids"]
+        tokenizer(render_prompt(tokenizer, [{"role": "user", "content": q}]), add_special_tokens=False)[
+            "input_ids"
+        ]
         for q in questions
     ]
     prefix = SharedPrefix(base, prompts)

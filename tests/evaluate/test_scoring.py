@@ -22,9 +22,9 @@ def test_cached_scores_equal_full_forward(tiny_model_dir, tiny_tokenizer):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     questions = ["Label this: where is my parcel", "Label this: refund me", "Label this: free prize, click"]
     prompts = [
-        tiny_tokenizer(render_prompt(tiny_tokenizer, [{"role": "user", "content": q}]), add_special_tokens=False)[
-            "input_ids"
-        ]
+        tiny_tokenizer(
+            render_prompt(tiny_tokenizer, [{"role": "user", "content": q}]), add_special_tokens=False
+        )["input_ids"]
         for q in questions
     ]
     labels = label_token_ids(tiny_tokenizer, LABELS)

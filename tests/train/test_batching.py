@@ -26,7 +26,9 @@ def _examples(tokenizer, texts_labels):
 def _lora(tiny_model_dir):
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    )
     return model
 
 
@@ -38,8 +40,11 @@ def _grads(model, batch):
 
 
 def test_shared_prefix_gives_the_plain_loss_and_gradients(tiny_model_dir, tiny_tokenizer):
-    rows = [("my parcel is late", "shipping"), ("refund the double charge please", "billing"),
-            ("win big now", "spam")]
+    rows = [
+        ("my parcel is late", "shipping"),
+        ("refund the double charge please", "billing"),
+        ("win big now", "spam"),
+    ]
     examples = _examples(tiny_tokenizer, rows)
     batch = collate(examples, tiny_tokenizer.pad_token_id)
     assert int(batch["shared_prefix"]) > 16
@@ -62,8 +67,15 @@ def test_prefix_stops_before_any_target_and_leaves_a_token_per_row(tiny_tokenize
 
 
 def test_batch_4_equals_batch_1_with_accumulation_4(tiny_model_dir, tiny_tokenizer):
-    examples = _examples(tiny_tokenizer, [("late parcel", "shipping"), ("refund", "billing"), ("prize", "spam"),
-                                          ("where is my order", "shipping")])
+    examples = _examples(
+        tiny_tokenizer,
+        [
+            ("late parcel", "shipping"),
+            ("refund", "billing"),
+            ("prize", "spam"),
+            ("where is my order", "shipping"),
+        ],
+    )
     model = _lora(tiny_model_dir)
     loss4, n4, grads4 = _grads(model, collate(examples, tiny_tokenizer.pad_token_id))
     model.zero_grad()

@@ -46,7 +46,9 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, tiny_model_dir, chat
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     deadline = time.monotonic() + 120
-    while not any((out / "checkpoints").glob("step-*")) and child.poll() is None and time.monotonic() < deadline:
+    while (
+        not any((out / "checkpoints").glob("step-*")) and child.poll() is None and time.monotonic() < deadline
+    ):
         time.sleep(0.01)
     child.send_signal(signal.SIGKILL)
     assert child.wait() == -signal.SIGKILL, "the child finished before it could be killed"

@@ -45,7 +45,9 @@ def test_early_stopping_keeps_the_best_weights(tmp_path, tiny_model_dir, chat_da
     config = TrainConfig(
         max_steps=60, batch_size=4, learning_rate=5e-2, early_stopping={"eval_every": 2, "patience": 2}
     )
-    result = train(config, tiny_model_dir, chat_dataset.train, chat_dataset.validation, tmp_path, progress=False)
+    result = train(
+        config, tiny_model_dir, chat_dataset.train, chat_dataset.validation, tmp_path, progress=False
+    )
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     losses = [r["validation_loss"] for r in rows if "validation_loss" in r]
     assert result.validation_loss == pytest.approx(min(losses))

@@ -84,7 +84,7 @@ def convert_embedded(entry: CatalogEntry, target: Path) -> Path:
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         # save_pretrained refuses a GGUF-loaded model while it still carries its quantization_config.
         model.config.quantization_config = None
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]  # transformers types it as a module
         model.config.name_or_path = entry.hub_id
         tokenizer.model_max_length = entry.context_length  # the GGUF tokenizer carries no limit of its own
         staging = work / "model"

@@ -212,7 +212,13 @@ def train(
         state.tokens / max(state.seconds, 1e-9),
     )
     result = TrainResult(
-        output, config.adapter is not None, state.step, state.tokens, state.seconds, last_loss, val_loss,
+        output,
+        config.adapter is not None,
+        state.step,
+        state.tokens,
+        state.seconds,
+        last_loss,
+        val_loss,
         state.computed_tokens,
     )
     result.save(out_dir / RESULT_FILE)

@@ -52,8 +52,12 @@ def collate(examples: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
         ids[row, :n] = torch.tensor(e.input_ids)
         mask[row, :n] = 1
         targets[row, : n - 1] = torch.tensor(e.labels[1:])
-    return {"input_ids": ids, "attention_mask": mask, "targets": targets,
-            "shared_prefix": torch.tensor(shared_prefix_length(examples))}
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "targets": targets,
+        "shared_prefix": torch.tensor(shared_prefix_length(examples)),
+    }
 
 
 def shared_prefix_length(examples: list[Encoded]) -> int:
@@ -84,12 +88,16 @@ def summed_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tenso
         cache = decoder(input_ids=batch["input_ids"][:1, :n], use_cache=True).past_key_values
         cache.batch_repeat_interleave(rows)
         hidden = decoder(
-            input_ids=batch["input_ids"][:, n:], attention_mask=batch["attention_mask"], cache=cache,
+            input_ids=batch["input_ids"][:, n:],
+            attention_mask=batch["attention_mask"],
+            cache=cache,
             use_cache=True,
         ).last_hidden_state
         targets = batch["targets"][:, n:]
     else:
-        hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        hidden = decoder(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).last_hidden_state
         targets = batch["targets"]
     where = targets != IGNORE
     logits = base.get_output_embeddings()(hidden[where])
