@@ -7,13 +7,13 @@ import json
 import pathlib
 import re
 import string
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from specialize.config import DataConfig
+from specialize.config import CanonicalColumn, DataConfig
 from specialize.data import check_data, load_examples, read_data, read_examples
 from specialize.errors import DataError
 
@@ -39,19 +39,7 @@ KEYS = [
     "context",
     "id",
 ]
-CANONICAL = [
-    "messages",
-    "conversations",
-    "system",
-    "instruction",
-    "input",
-    "output",
-    "prompt",
-    "completion",
-    "chosen",
-    "rejected",
-    "text",
-]
+CANONICAL = list(get_args(CanonicalColumn))
 SETTINGS = settings(
     max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
