@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from specialize.errors import ModelNotFoundError
+
 IGNORE = -100
 
 
@@ -64,27 +66,32 @@ def encode_conversation(tokenizer: Any, messages: list[dict[str, str]]) -> Encod
     for i, msg in enumerate(messages):
         if msg["role"] != "assistant":
             continue
-        start = len(render_prompt(tokenizer, messages[:i]))
-        end = len(tokenizer.apply_chat_template(messages[: i + 1], tokenize=False))
-        if full[:start] != render_prompt(tokenizer, messages[:i]):
-            raise ValueError("the chat template does not render conversations prefix-consistently")
-        spans.append((start, end))
+        prompt = render_prompt(tokenizer, messages[:i])
+        if not full.startswith(prompt):
+            raise ModelNotFoundError(
+                "the base model's chat template renders a conversation's beginning differently from the whole "
+                "conversation, so assistant turns cannot be located; use a model with a standard chat template"
+            )
+        spans.append((len(prompt), len(tokenizer.apply_chat_template(messages[: i + 1], tokenize=False))))
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids = enc["input_ids"]
     labels = [IGNORE] * len(ids)
     for t, (a, b) in enumerate(enc["offset_mapping"]):
         if any(start <= a and b <= end and b > a for start, end in spans):
             labels[t] = ids[t]
-    # Tokens whose label is the id they predict are shifted by the trainer; keep the whitespace after the
-    # end-of-turn token out of the loss so the model learns to stop, not to emit template filler.
     return Encoded(ids, _trim_trailing_whitespace(tokenizer, ids, labels))
 
 
 def _trim_trailing_whitespace(tokenizer: Any, ids: list[int], labels: list[int]) -> list[int]:
+    """Take the whitespace the template puts after an end-of-turn token out of the loss.
+
+    The model should learn to stop at the end-of-turn token, not to emit template filler after it.
+    """
     out = list(labels)
-    for t in range(len(ids)):
-        if out[t] != IGNORE and (t + 1 == len(ids) or out[t + 1] == IGNORE):
-            while t >= 0 and out[t] != IGNORE and not tokenizer.decode([ids[t]]).strip():
-                out[t] = IGNORE
-                t -= 1
+    for end in range(len(ids)):
+        t = end
+        span_ends_here = out[end] != IGNORE and (end + 1 == len(ids) or out[end + 1] == IGNORE)
+        while span_ends_here and t >= 0 and out[t] != IGNORE and not tokenizer.decode([ids[t]]).strip():
+            out[t] = IGNORE
+            t -= 1
     return out
