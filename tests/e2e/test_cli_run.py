@@ -76,10 +76,14 @@ def test_run_exits_zero_and_prints_the_comparison(completed_run: CompletedRun) -
     assert f"run {completed_run.run_dir.id}: 8 validation examples, classification" in out
     table = out.splitlines()
     (header,) = [line for line in table if line.startswith("system")]
-    assert "accuracy" in header and "macro_f1" in header
+    assert "accuracy" in header and "macro_f1" in header and "95% CI" in header
     for row_name in ("base, zero-shot", "base, few-shot", "fine-tuned"):
-        (row,) = [line for line in table if re.fullmatch(re.escape(row_name) + r"(\s+\d\.\d{3}){4}\s*", line)]
-        assert all(0 <= float(v) <= 1 for v in row[len(row_name) :].split())
+        pattern = re.escape(row_name) + r"(\s+\d\.\d{3}){4}\s+(\d\.\d{3})-(\d\.\d{3})\s*"
+        (row,) = [line for line in table if re.fullmatch(pattern, line)]
+        values = row[len(row_name) :].replace("-", " ").split()
+        assert all(0 <= float(v) <= 1 for v in values)
+        assert float(values[-2]) <= float(values[-1]), "an interval runs from low to high"
+    assert re.search(r"fine-tuned vs .*paired bootstrap p=\d\.\d{3}", out)
     assert str(completed_run.run_dir.eval / "report.html") in out
     assert str(completed_run.run_dir.model_card) in out
     assert "Traceback" not in completed_run.err

@@ -27,24 +27,15 @@ def run(config_path: Path, overrides: list[str], progress: bool) -> int:
 
 
 def _print_comparison(result: Any) -> None:
-    from specialize.evaluate.report import comparison_rows
+    from specialize.evaluate.report import comparison_rows, paired_test_line
 
     report = json.loads(result.eval.report_path.read_text(encoding="utf-8"))
     header, rows = comparison_rows(report)
     print(f"\nrun {result.run_id}: {result.eval.n_examples} validation examples, {report['task']}")
     print(_table(header, rows))
-    metric = result.eval.headline
-    systems = result.eval.metrics
-    if "fine_tuned" in systems:
-        best_other = (
-            max((m[metric], s) for s, m in systems.items() if s != "fine_tuned") if len(systems) > 1 else None
-        )
-        if best_other:
-            gain = systems["fine_tuned"][metric] - best_other[0]
-            print(
-                f"\nfine-tuned {metric} {systems['fine_tuned'][metric]:.3f}: {gain:+.3f} against the best "
-                f"alternative ({best_other[1]})"
-            )
+    line = paired_test_line(report)
+    if line:
+        print(f"\n{line}")
     print(f"report: {result.run_dir.eval / 'report.html'}")
     print(f"model card: {result.run_dir.model_card}")
 

@@ -104,7 +104,22 @@ def evaluate(
         if on_metrics:
             on_metrics(system, headline)
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = {"task": task, "labels": labels, "n_examples": len(rows), "systems": results}
+    from specialize.evaluate.metrics import normalise_answer
+    from specialize.evaluate.significance import compare_systems
+
+    if labels:
+        gold = [r["label"] for r in rows]
+        answers = {s: m["predictions"] for s, m in results.items()}
+    else:
+        gold = [normalise_answer(r["messages"][-1]["content"]) for r in rows]
+        answers = {s: [normalise_answer(p) for p in m["predictions"]] for s, m in results.items()}
+    report = {
+        "task": task,
+        "labels": labels,
+        "n_examples": len(rows),
+        "systems": results,
+        "significance": compare_systems(gold, answers, labels, seed),
+    }
     path = out_dir / "report.json"
     write_atomic(path, json.dumps(report, indent=2, ensure_ascii=False))
     return EvalReport(task, results, len(rows), path)

@@ -20,6 +20,7 @@ SYSTEM_NAMES = {
     "base_few_shot": "base, few-shot",
     "fine_tuned": "fine-tuned",
 }
+HEADLINE_CI = {"classification": "macro_f1", "generation": "exact_match"}
 TABLE_METRICS = {
     "classification": ["accuracy", "macro_precision", "macro_recall", "macro_f1"],
     "generation": ["exact_match", "perplexity"],
@@ -29,11 +30,28 @@ TABLE_METRICS = {
 def comparison_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the system-by-metric table, shared by the terminal and the HTML report."""
     names = TABLE_METRICS[report["task"]]
+    intervals = report.get("significance", {}).get("intervals", {})
     rows = [
-        [SYSTEM_NAMES.get(system, system), *(f"{m[name]:.3f}" for name in names)]
+        [
+            SYSTEM_NAMES.get(system, system),
+            *(f"{m[name]:.3f}" for name in names),
+            *([f"{intervals[system][0]:.3f}-{intervals[system][1]:.3f}"] if intervals else []),
+        ]
         for system, m in report["systems"].items()
     ]
-    return ["system", *names], rows
+    return ["system", *names, *([f"{HEADLINE_CI[report['task']]} 95% CI"] if intervals else [])], rows
+
+
+def paired_test_line(report: dict[str, Any]) -> str | None:
+    """One sentence on whether the fine-tuned model's lead is more than resampling noise."""
+    test = report.get("significance", {}).get("paired_test")
+    if not test:
+        return None
+    low, high = test["interval"]
+    return (
+        f"fine-tuned vs {SYSTEM_NAMES.get(test['against'], test['against'])}: {test['mean_difference']:+.3f} "
+        f"{HEADLINE_CI[report['task']]} (95% CI {low:+.3f} to {high:+.3f}, paired bootstrap p={test['p_value']:.3f})"
+    )
 
 
 def write_html_report(run_root: Path, title: str) -> Path:
@@ -44,6 +62,7 @@ def write_html_report(run_root: Path, title: str) -> Path:
         f"<h1>{html.escape(title)}</h1>",
         f"<p>{report['n_examples']} validation examples, task: {report['task']}.</p>",
         _table(header, rows),
+        f"<p>{html.escape(paired_test_line(report) or '')}</p>",
     ]
     metrics_file = run_root / "train" / "metrics.jsonl"
     if metrics_file.exists():

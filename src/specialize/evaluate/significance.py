@@ -1,0 +1,69 @@
+"""How sure is the comparison? Bootstrap confidence intervals and a paired bootstrap test.
+
+A validation split of a few hundred examples leaves real uncertainty in every score, and a fine-tuned model that
+wins by two points may not win at all. Every system answered the same examples, so resampling the examples (with
+the same draw for every system) gives each score a 95% interval and the difference between two systems a paired
+p-value. Written with numpy rather than scipy.stats.bootstrap: macro-F1 over 1,000 resamples vectorises as one
+confusion-count tensor, a thousand times faster than calling scikit-learn per resample.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+RESAMPLES = 1000
+
+
+def _indices(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, n, size=(RESAMPLES, n))
+
+
+def _macro_f1(gold: np.ndarray, pred: np.ndarray, n_labels: int) -> np.ndarray:
+    """Macro-F1 of each resample (rows of `gold` and `pred`), averaged over all labels like scikit-learn's."""
+    hits = gold == pred
+    tp = np.stack([((gold == k) & hits).sum(1) for k in range(n_labels)], 1)
+    gold_n = np.stack([(gold == k).sum(1) for k in range(n_labels)], 1)
+    pred_n = np.stack([(pred == k).sum(1) for k in range(n_labels)], 1)
+    denominator = gold_n + pred_n
+    f1 = np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0)
+    return f1.mean(1)
+
+
+def resampled_scores(
+    gold: list[Any], predictions: list[Any], labels: list[str] | None, seed: int
+) -> np.ndarray:
+    """The headline metric (macro-F1 with labels, else exact match of normalised answers) on each resample."""
+    idx = _indices(len(gold), seed)
+    if labels:
+        code = {label: i for i, label in enumerate(labels)}
+        g = np.array([code.get(x, len(labels)) for x in gold])[idx]
+        p = np.array([code.get(x, len(labels) + 1) for x in predictions])[idx]
+        return _macro_f1(g, p, len(labels))
+    correct = np.array([a == b for a, b in zip(gold, predictions, strict=True)], dtype=float)
+    return correct[idx].mean(1)
+
+
+def compare_systems(
+    gold: list[Any], predictions: dict[str, list[Any]], labels: list[str] | None, seed: int
+) -> dict[str, Any]:
+    """95% intervals for every system, and the paired test of `fine_tuned` against the best other system."""
+    scores = {s: resampled_scores(gold, p, labels, seed) for s, p in predictions.items()}
+    out: dict[str, Any] = {
+        "resamples": RESAMPLES,
+        "intervals": {
+            s: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for s, v in scores.items()
+        },
+    }
+    others = [s for s in scores if s != "fine_tuned"]
+    if "fine_tuned" in scores and others:
+        best = max(others, key=lambda s: float(scores[s].mean()))
+        diff = scores["fine_tuned"] - scores[best]
+        out["paired_test"] = {
+            "against": best,
+            "mean_difference": float(diff.mean()),
+            "interval": [float(np.percentile(diff, 2.5)), float(np.percentile(diff, 97.5))],
+            "p_value": float(max((diff <= 0).mean(), 1 / RESAMPLES)),
+        }
+    return out

@@ -1,0 +1,38 @@
+"""Bootstrap intervals contain the observed score; a real lead is significant, a coin flip is not."""
+
+from __future__ import annotations
+
+import random
+
+from specialize.evaluate.metrics import classification_metrics
+from specialize.evaluate.significance import compare_systems, resampled_scores
+
+LABELS = ["a", "b", "c"]
+
+
+def _gold(n: int) -> list[str]:
+    return [LABELS[i % 3] for i in range(n)]
+
+
+def test_resampled_macro_f1_matches_scikit_learn_on_the_identity_resample():
+    gold = _gold(60)
+    rng = random.Random(0)
+    pred = [g if rng.random() < 0.7 else rng.choice(LABELS) for g in gold]
+    scores = resampled_scores(gold, pred, LABELS, seed=0)
+    observed = classification_metrics(gold, pred, LABELS)["macro_f1"]
+    assert scores.min() <= observed <= scores.max()
+    assert abs(scores.mean() - observed) < 0.05
+
+
+def test_paired_test_separates_a_real_lead_from_noise():
+    gold = _gold(150)
+    rng = random.Random(1)
+    good = [g if rng.random() < 0.9 else "a" for g in gold]
+    weak = ["a"] * len(gold)
+    coin = [rng.choice(LABELS) for _ in gold]
+    clear = compare_systems(gold, {"base_zero_shot": weak, "fine_tuned": good}, LABELS, seed=0)
+    assert clear["paired_test"]["p_value"] < 0.01 and clear["paired_test"]["interval"][0] > 0
+    low, high = clear["intervals"]["fine_tuned"]
+    assert low < classification_metrics(gold, good, LABELS)["macro_f1"] < high
+    noise = compare_systems(gold, {"base_zero_shot": coin, "fine_tuned": list(reversed(coin))}, LABELS, seed=0)
+    assert noise["paired_test"]["p_value"] > 0.05
