@@ -34,5 +34,7 @@ def test_paired_test_separates_a_real_lead_from_noise():
     assert clear["paired_test"]["p_value"] < 0.01 and clear["paired_test"]["interval"][0] > 0
     low, high = clear["intervals"]["fine_tuned"]
     assert low < classification_metrics(gold, good, LABELS)["macro_f1"] < high
-    noise = compare_systems(gold, {"base_zero_shot": coin, "fine_tuned": list(reversed(coin))}, LABELS, seed=0)
+    noise = compare_systems(
+        gold, {"base_zero_shot": coin, "fine_tuned": list(reversed(coin))}, LABELS, seed=0
+    )
     assert noise["paired_test"]["p_value"] > 0.05
