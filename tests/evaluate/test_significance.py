@@ -38,3 +38,14 @@ def test_paired_test_separates_a_real_lead_from_noise():
         gold, {"base_zero_shot": coin, "fine_tuned": list(reversed(coin))}, LABELS, seed=0
     )
     assert noise["paired_test"]["p_value"] > 0.05
+
+
+def test_observed_difference_is_the_plain_score_difference():
+    gold = _gold(90)
+    good, weak = list(gold), ["a"] * len(gold)
+    test = compare_systems(gold, {"base_zero_shot": weak, "fine_tuned": good}, LABELS, seed=0)["paired_test"]
+    expected = (
+        classification_metrics(gold, good, LABELS)["macro_f1"]
+        - classification_metrics(gold, weak, LABELS)["macro_f1"]
+    )
+    assert abs(test["difference"] - expected) < 1e-9

@@ -49,7 +49,7 @@ def paired_test_line(report: dict[str, Any]) -> str | None:
         return None
     low, high = test["interval"]
     return (
-        f"fine-tuned vs {SYSTEM_NAMES.get(test['against'], test['against'])}: {test['mean_difference']:+.3f} "
+        f"fine-tuned vs {SYSTEM_NAMES.get(test['against'], test['against'])}: {test['difference']:+.3f} "
         f"{HEADLINE_CI[report['task']]} (95% CI {low:+.3f} to {high:+.3f}, paired bootstrap p={test['p_value']:.3f})"
     )
 

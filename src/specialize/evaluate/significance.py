@@ -16,7 +16,10 @@ import numpy as np
 RESAMPLES = 1000
 
 
-def _indices(n: int, seed: int) -> np.ndarray:
+def _indices(n: int, seed: int | None) -> np.ndarray:
+    """Resampled example indices; seed None gives the sample itself, once."""
+    if seed is None:
+        return np.arange(n)[None, :]
     return np.random.default_rng(seed).integers(0, n, size=(RESAMPLES, n))
 
 
@@ -32,7 +35,7 @@ def _macro_f1(gold: np.ndarray, pred: np.ndarray, n_labels: int) -> np.ndarray:
 
 
 def resampled_scores(
-    gold: list[Any], predictions: list[Any], labels: list[str] | None, seed: int
+    gold: list[Any], predictions: list[Any], labels: list[str] | None, seed: int | None
 ) -> np.ndarray:
     """The headline metric (macro-F1 with labels, else exact match of normalised answers) on each resample."""
     idx = _indices(len(gold), seed)
@@ -60,9 +63,12 @@ def compare_systems(
     if "fine_tuned" in scores and others:
         best = max(others, key=lambda s: float(scores[s].mean()))
         diff = scores["fine_tuned"] - scores[best]
+        observed = resampled_scores(gold, predictions["fine_tuned"], labels, None) - resampled_scores(
+            gold, predictions[best], labels, None
+        )
         out["paired_test"] = {
             "against": best,
-            "mean_difference": float(diff.mean()),
+            "difference": float(observed[0]),
             "interval": [float(np.percentile(diff, 2.5)), float(np.percentile(diff, 97.5))],
             "p_value": float(max((diff <= 0).mean(), 1 / RESAMPLES)),
         }
