@@ -10,12 +10,14 @@ for diagnosis.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from specialize.config import DEFAULT_REGISTRY, RunConfig
-from specialize.data import PreparedData, prepare_run, read_prepared
+from specialize.data import PreparedData, prepare_run, read_chat_jsonl, read_prepared
+from specialize.errors import RunNotFoundError
 from specialize.evaluate import EvalReport, evaluate
 from specialize.evaluate.report import write_html_report
 from specialize.models import resolve_model
@@ -71,16 +73,7 @@ def resume(run: str, registry_url: str | None = None, progress: bool = True) -> 
         registry_url: the registry holding the run (default: the one named in the run's config).
         progress: show progress bars.
     """
-    from specialize.config import load_resolved
-
-    path = Path(run)
-    if not (path / "config.resolved.yaml").is_file():
-        registry = Registry(registry_url or DEFAULT_REGISTRY)
-        path = Path(registry.get_run(run)["run_dir"])
-    run_dir = RunDir(path)
-    config = load_resolved(run_dir.config)
-    registry = Registry(registry_url or config.registry_url)
-    registry.get_run(run_dir.id)
+    run_dir, config, registry = _open_run(run, registry_url)
     registry.set_status(run_dir.id, "running")
     model_path = resolve_model(config.base_model)
     rows = read_prepared(run_dir.data / "train.jsonl")
@@ -92,6 +85,65 @@ def resume(run: str, registry_url: str | None = None, progress: bool = True) -> 
         last = latest_checkpoint(run_dir.train / "checkpoints")
         registry.delete_metrics_after(run_dir.id, "train", int(last.name.split("-")[-1]) if last else 0)
     return _train_and_evaluate(config, run_dir, data, model_path, registry, progress, resume=True)
+
+
+def evaluate_run(
+    run: str, data_file: Path, registry_url: str | None = None, progress: bool = True
+) -> EvalReport:
+    """Evaluate a finished run on any chat JSONL file (a new test set, say) and record it in the registry.
+
+    Every configured system answers the file's examples; the result goes to `eval/<file stem>/report.json` and to
+    the registry as stage `eval:<file stem>`, next to the run's own validation results.
+
+    Args:
+        run: a run id in the registry, or the path of a run directory.
+        data_file: the examples, as chat JSONL (with a label field for classification).
+        registry_url: the registry holding the run (default: the one named in the run's config).
+        progress: show progress bars.
+    """
+    run_dir, config, registry = _open_run(run, registry_url)
+    finished = run_dir.train / RESULT_FILE
+    if not finished.exists():
+        raise RunNotFoundError(
+            f"run {run_dir.id} has no trained model yet; finish it with `specialize train --resume {run_dir.id}`"
+        )
+    trained = TrainResult.load(finished)
+    examples = read_chat_jsonl(data_file, config.data.label_field)
+    rows = read_prepared(run_dir.data / "train.jsonl")
+    labels = sorted({r["label"] for r in rows if r.get("label") is not None}) or None
+    out_dir = run_dir.eval / data_file.stem
+    out_dir.mkdir(parents=True, exist_ok=True)
+    examples_file = out_dir / "examples.jsonl"
+    write_atomic(examples_file, "".join(json.dumps(e.to_json(), ensure_ascii=False) + "\n" for e in examples))
+    stage = f"eval:{data_file.stem}"
+    report = evaluate(
+        config.eval,
+        resolve_model(config.base_model),
+        trained.output_dir,
+        run_dir.data / "train.jsonl",
+        examples_file,
+        out_dir,
+        labels,
+        config.seed,
+        on_metrics=lambda system, values: registry.log_metrics(run_dir.id, stage, values, system=system),
+        progress=progress,
+    )
+    registry.add_artifact(run_dir.id, stage, report.report_path)
+    return report
+
+
+def _open_run(run: str, registry_url: str | None) -> tuple[RunDir, RunConfig, Registry]:
+    """A run's directory, resolved config and registry, from its id or its directory."""
+    from specialize.config import load_resolved
+
+    path = Path(run)
+    if not (path / "config.resolved.yaml").is_file():
+        path = Path(Registry(registry_url or DEFAULT_REGISTRY).get_run(run)["run_dir"])
+    run_dir = RunDir(path)
+    config = load_resolved(run_dir.config)
+    registry = Registry(registry_url or config.registry_url)
+    registry.get_run(run_dir.id)
+    return run_dir, config, registry
 
 
 def _train_and_evaluate(

@@ -48,6 +48,22 @@ def train_resume(run_ref: str, registry_url: str | None, progress: bool) -> int:
     return 0
 
 
+def eval_run(run_ref: str, data: Path, registry_url: str | None, progress: bool) -> int:
+    from specialize.evaluate.report import comparison_rows, paired_test_line
+    from specialize.pipeline import evaluate_run
+
+    result = evaluate_run(run_ref, data, registry_url, progress=progress)
+    report = json.loads(result.report_path.read_text(encoding="utf-8"))
+    header, rows = comparison_rows(report)
+    print(f"\n{data}: {result.n_examples} examples, {report['task']}")
+    print(_table(header, rows))
+    line = paired_test_line(report)
+    if line:
+        print(f"\n{line}")
+    print(f"report: {result.report_path}")
+    return 0
+
+
 def models_list() -> int:
     from specialize.models import list_models
 

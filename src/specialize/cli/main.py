@@ -41,6 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", required=True, metavar="RUN", help="run id, or the path of a run directory")
     t.add_argument("--registry", help="SQLAlchemy URL of the registry holding the run")
 
+    e = sub.add_parser("eval", help="evaluate a finished run on another file (a new test set) and record it")
+    e.add_argument("run", metavar="RUN", help="run id, or the path of a run directory")
+    e.add_argument("--data", required=True, type=Path, help="chat JSONL file to evaluate on")
+    e.add_argument("--registry", help="SQLAlchemy URL of the registry holding the run")
+
     models = sub.add_parser("models", help="the base model catalogue").add_subparsers(
         dest="action", required=True
     )
@@ -113,6 +118,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return commands.run(args.config or BUNDLED_EXAMPLE, args.overrides, progress=not args.quiet)
     if args.command == "train":
         return commands.train_resume(args.resume, args.registry, progress=not args.quiet)
+    if args.command == "eval":
+        return commands.eval_run(args.run, args.data, args.registry, progress=not args.quiet)
     if args.command == "models":
         return commands.models_list() if args.action == "list" else commands.models_pull(args.name)
     if args.command == "runs":
