@@ -24,14 +24,18 @@ def _indices(n: int, seed: int | None) -> np.ndarray:
 
 
 def _macro_f1(gold: np.ndarray, pred: np.ndarray, n_labels: int) -> np.ndarray:
-    """Macro-F1 of each resample (rows of `gold` and `pred`), averaged over all labels like scikit-learn's."""
+    """Macro-F1 of each resample (rows of `gold` and `pred`), averaged over the labels it contains.
+
+    A small resample can miss a rare label altogether; counting that label as F1 = 0 would drag every interval
+    down, so only labels present as gold or prediction count (on the full sample: every label of the split).
+    """
     hits = gold == pred
     tp = np.stack([((gold == k) & hits).sum(1) for k in range(n_labels)], 1)
     gold_n = np.stack([(gold == k).sum(1) for k in range(n_labels)], 1)
     pred_n = np.stack([(pred == k).sum(1) for k in range(n_labels)], 1)
     denominator = gold_n + pred_n
     f1 = np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0)
-    return f1.mean(1)
+    return f1.sum(1) / np.maximum((denominator > 0).sum(1), 1)
 
 
 def resampled_scores(
