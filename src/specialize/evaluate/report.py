@@ -67,9 +67,12 @@ def write_html_report(run_root: Path, title: str) -> Path:
     metrics_file = run_root / "train" / "metrics.jsonl"
     if metrics_file.exists():
         points = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
-        points = [p for p in points if "loss" in p]
-        if points:
-            parts += ["<h2>Training loss</h2>", _img(_loss_plot(points))]
+        result = run_root / "train" / "result.json"
+        if result.exists():  # the validation loss at the end of training
+            done = json.loads(result.read_text(encoding="utf-8"))
+            points.append({"step": done["steps"], "final_validation_loss": done["validation_loss"]})
+        if any("loss" in p for p in points):
+            parts += ["<h2>Loss</h2>", _img(_loss_plot(points))]
     if report["task"] == "classification":
         parts.append("<h2>Confusion matrices (rows: gold, columns: predicted)</h2>")
         parts += [
@@ -126,7 +129,13 @@ def _figure() -> Any:
 def _loss_plot(points: list[dict[str, Any]]) -> bytes:
     plt = _figure()
     fig, ax = plt.subplots(figsize=(7, 3.2))
-    ax.plot([p["step"] for p in points], [p["loss"] for p in points], label="training loss")
+    train = [p for p in points if "loss" in p]
+    ax.plot([p["step"] for p in train], [p["loss"] for p in train], label="training loss")
+    # Validation loss: during training with early stopping, and once at the end; a widening gap means overfitting.
+    val = [(p["step"], p.get("validation_loss", p.get("final_validation_loss"))) for p in points]
+    val = [(step, loss) for step, loss in val if loss is not None]
+    if val:
+        ax.plot(*zip(*val, strict=True), "o--", label="validation loss")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
