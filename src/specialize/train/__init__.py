@@ -200,7 +200,9 @@ def train(
         val_loss = state.best_validation_loss if state.best_validation_loss is not None else float("nan")
     else:
         val_loss = validation_loss(model, val_set, tokenizer.pad_token_id, config.batch_size)
-        output = _save(model, tokenizer, out_dir, adapter=config.adapter is not None)
+        output = _save_atomic(
+            model, tokenizer, out_dir / ("adapter" if config.adapter is not None else "model")
+        )
     if on_metrics:
         on_metrics(state.step, {"validation_loss": val_loss})
     shutil.rmtree(ckpt_dir, ignore_errors=True)
@@ -230,12 +232,7 @@ def _track_best(model: Any, tokenizer: Any, out_dir: Path, state: Any, loss: flo
     if state.best_validation_loss is None or loss < state.best_validation_loss - stop.min_delta:
         state.best_validation_loss = loss
         state.evals_without_improvement = 0
-        staging = out_dir / ".best.partial"
-        shutil.rmtree(staging, ignore_errors=True)
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        shutil.rmtree(out_dir / ".best", ignore_errors=True)
-        staging.rename(out_dir / ".best")
+        _save_atomic(model, tokenizer, out_dir / ".best")
         return False
     state.evals_without_improvement += 1
     return state.evals_without_improvement >= stop.patience
@@ -305,14 +302,12 @@ def _schedule(optimizer: Any, steps: int, warmup_ratio: float) -> Any:
     return get_cosine_schedule_with_warmup(optimizer, round(steps * warmup_ratio), steps)
 
 
-def _save(model: Any, tokenizer: Any, out_dir: Path, adapter: bool) -> Path:
-    """Save into a temporary sibling, then rename: a crash never leaves a half-written adapter."""
-    target = out_dir / ("adapter" if adapter else "model")
-    staging = out_dir / f".{target.name}.partial"
+def _save_atomic(model: Any, tokenizer: Any, target: Path) -> Path:
+    """Save into a temporary sibling, then rename: a crash never leaves half-written weights."""
+    staging = target.with_name(f".{target.name.lstrip('.')}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    if target.exists():
-        shutil.rmtree(target)
+    shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
     return target
