@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from specialize.config import DEFAULT_REGISTRY, RunConfig
-from specialize.data import PreparedData, prepare_run, read_chat_jsonl, read_prepared
-from specialize.errors import RunNotFoundError
+from specialize.data import PreparedData, prepare_run, read_chat_jsonl
+from specialize.errors import DataError, RunNotFoundError
 from specialize.evaluate import EvalReport, evaluate
 from specialize.evaluate.report import write_html_report
 from specialize.models import resolve_model
@@ -76,11 +76,7 @@ def resume(run: str, registry_url: str | None = None, progress: bool = True) -> 
     run_dir, config, registry = _open_run(run, registry_url)
     registry.set_status(run_dir.id, "running")
     model_path = resolve_model(config.base_model)
-    rows = read_prepared(run_dir.data / "train.jsonl")
-    labels = sorted({r["label"] for r in rows if r.get("label") is not None}) or None
-    n_val = len(read_prepared(run_dir.data / "validation.jsonl"))
-    n_rejected = len(read_prepared(run_dir.data / "rejects.jsonl"))
-    data = PreparedData(run_dir.data, labels, len(rows), n_val, n_rejected)
+    data = PreparedData.load(run_dir.data)
     if not (run_dir.train / RESULT_FILE).exists():
         last = latest_checkpoint(run_dir.train / "checkpoints")
         registry.delete_metrics_after(run_dir.id, "train", int(last.name.split("-")[-1]) if last else 0)
@@ -103,14 +99,16 @@ def evaluate_run(
     """
     run_dir, config, registry = _open_run(run, registry_url)
     finished = run_dir.train / RESULT_FILE
+    if not data_file.is_file():
+        raise DataError(
+            f"--data {data_file}: no such file; give the path of a chat JSONL file to evaluate on"
+        )
     if not finished.exists():
         raise RunNotFoundError(
             f"run {run_dir.id} has no trained model yet; finish it with `specialize train --resume {run_dir.id}`"
         )
     trained = TrainResult.load(finished)
     examples = read_chat_jsonl(data_file, config.data.label_field)
-    rows = read_prepared(run_dir.data / "train.jsonl")
-    labels = sorted({r["label"] for r in rows if r.get("label") is not None}) or None
     out_dir = run_dir.eval / data_file.stem
     out_dir.mkdir(parents=True, exist_ok=True)
     examples_file = out_dir / "examples.jsonl"
@@ -123,7 +121,7 @@ def evaluate_run(
         run_dir.data / "train.jsonl",
         examples_file,
         out_dir,
-        labels,
+        PreparedData.load(run_dir.data).labels,
         config.seed,
         on_metrics=lambda system, values: registry.log_metrics(run_dir.id, stage, values, system=system),
         progress=progress,

@@ -27,17 +27,23 @@ def run(config_path: Path, overrides: list[str], progress: bool) -> int:
 
 
 def _print_comparison(result: Any) -> None:
+    _print_report(f"run {result.run_id}", result.eval.report_path, "validation examples")
+    print(f"model card: {result.run_dir.model_card}")
+
+
+def _print_report(title: str, report_path: Path, noun: str = "examples") -> None:
+    """The system-by-metric table, the paired test and where the report is."""
     from specialize.evaluate.report import comparison_rows, paired_test_line
 
-    report = json.loads(result.eval.report_path.read_text(encoding="utf-8"))
+    report = json.loads(report_path.read_text(encoding="utf-8"))
     header, rows = comparison_rows(report)
-    print(f"\nrun {result.run_id}: {result.eval.n_examples} validation examples, {report['task']}")
+    print(f"\n{title}: {report['n_examples']} {noun}, {report['task']}")
     print(_table(header, rows))
     line = paired_test_line(report)
     if line:
         print(f"\n{line}")
-    print(f"report: {result.run_dir.eval / 'report.html'}")
-    print(f"model card: {result.run_dir.model_card}")
+    html = report_path.with_suffix(".html")
+    print(f"report: {html if html.exists() else report_path}")
 
 
 def train_resume(run_ref: str, registry_url: str | None, progress: bool) -> int:
@@ -49,18 +55,9 @@ def train_resume(run_ref: str, registry_url: str | None, progress: bool) -> int:
 
 
 def eval_run(run_ref: str, data: Path, registry_url: str | None, progress: bool) -> int:
-    from specialize.evaluate.report import comparison_rows, paired_test_line
     from specialize.pipeline import evaluate_run
 
-    result = evaluate_run(run_ref, data, registry_url, progress=progress)
-    report = json.loads(result.report_path.read_text(encoding="utf-8"))
-    header, rows = comparison_rows(report)
-    print(f"\n{data}: {result.n_examples} examples, {report['task']}")
-    print(_table(header, rows))
-    line = paired_test_line(report)
-    if line:
-        print(f"\n{line}")
-    print(f"report: {result.report_path}")
+    _print_report(str(data), evaluate_run(run_ref, data, registry_url, progress=progress).report_path)
     return 0
 
 

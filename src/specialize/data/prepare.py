@@ -43,6 +43,16 @@ class PreparedData:
     n_validation: int
     n_rejected: int
 
+    @classmethod
+    def load(cls, directory: Path) -> PreparedData:
+        """The prepared data of an existing run, read back from its `data/` folder."""
+        train = read_prepared(directory / "train.jsonl")
+        labels = sorted({r["label"] for r in train if r.get("label") is not None}) or None
+        n_validation = len(read_prepared(directory / "validation.jsonl"))
+        return cls(
+            directory, labels, len(train), n_validation, len(read_prepared(directory / "rejects.jsonl"))
+        )
+
     @property
     def train_path(self) -> Path:
         return self.directory / "train.jsonl"
