@@ -12,6 +12,8 @@ __version__ = "0.1.0"
 _API = {
     "load_config": "specialize.config",
     "run": "specialize.pipeline",
+    "resume": "specialize.pipeline",
+    "evaluate_run": "specialize.pipeline",
     "prepare_data": "specialize.data",
     "train": "specialize.train",
     "evaluate": "specialize.evaluate",

@@ -71,6 +71,8 @@ def evaluate(
     Returns:
         The metrics of every system.
     """
+    from specialize.evaluate.metrics import normalise_answer
+    from specialize.evaluate.significance import compare_systems
     from specialize.models import load_model
 
     systems = list(config.systems)
@@ -104,9 +106,6 @@ def evaluate(
         if on_metrics:
             on_metrics(system, headline)
     out_dir.mkdir(parents=True, exist_ok=True)
-    from specialize.evaluate.metrics import normalise_answer
-    from specialize.evaluate.significance import compare_systems
-
     if labels:
         gold = [r["label"] for r in rows]
         answers = {s: m["predictions"] for s, m in results.items()}
