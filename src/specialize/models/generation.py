@@ -1,0 +1,204 @@
+"""Batched text generation with a KV cache, rows joining and leaving between steps.
+
+`transformers`' `generate` runs one fixed batch to the end: a request that arrives while it runs waits for the
+slowest row, its streamers handle one row only, and every row shares one set of sampling parameters. Serving many
+clients needs the opposite, so this module keeps one `DecodeBatch` whose rows are prompts at different points:
+new prompts are pre-filled together and merged into the running cache (left-padded to a common length, the
+padding masked out), finished rows are dropped from it, and every row has its own temperature, top-p, seed and
+adapter. Evaluation uses the same engine through `generate_batch`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How one row picks its next token: greedy when `temperature` is 0."""
+
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+@dataclass
+class Row:
+    """One prompt being continued; `tokens` are the generated ids so far."""
+
+    prompt: list[int]
+    sampling: Sampling
+    adapter: str = BASE_ADAPTER
+    tag: Any = None  # the caller's handle (a request), carried along untouched
+    tokens: list[int] = field(default_factory=list)
+    generator: torch.Generator | None = None
+
+
+class DecodeBatch:
+    """The rows being decoded together, their KV cache, attention mask and next positions.
+
+    Call `add` with new rows (pre-fills them), `step` for one token of every row, and `remove` for the rows that
+    are done. `mixed_adapters` says whether rows with different adapters may share one forward pass (PEFT supports
+    that for LoRA, not for DoRA); when False, the caller keeps one adapter per batch.
+    """
+
+    def __init__(self, model: Any, pad_id: int) -> None:
+        self.model = model
+        self.pad_id = pad_id
+        self.rows: list[Row] = []
+        self._cache: Any = None
+        self._mask = torch.zeros(0, 0, dtype=torch.long)
+        self._next_logits = torch.zeros(0, 0)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def add(self, rows: Sequence[Row]) -> None:
+        """Pre-fill `rows` together and merge them into the batch; their first token is ready for `step`."""
+        if not rows:
+            return
+        for row in rows:
+            if row.sampling.temperature > 0:
+                row.generator = torch.Generator().manual_seed(
+                    row.sampling.seed if row.sampling.seed is not None else torch.seed()
+                )
+        width = max(len(r.prompt) for r in rows)
+        ids = torch.tensor([[self.pad_id] * (width - len(r.prompt)) + r.prompt for r in rows])
+        mask = torch.tensor([[0] * (width - len(r.prompt)) + [1] * len(r.prompt) for r in rows])
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        logits = self._forward(ids, mask, cache, [r.adapter for r in rows])
+        if self.rows:
+            self._cache, self._mask = _merge(self._cache, self._mask, cache, mask)
+            self._next_logits = torch.cat([self._next_logits, logits])
+        else:
+            self._cache, self._mask, self._next_logits = cache, mask, logits
+        self.rows.extend(rows)
+
+    def step(self) -> list[int]:
+        """Choose the next token of every row, append it, and run the model once to ready the following one."""
+        chosen = [_pick(self._next_logits[i], row) for i, row in enumerate(self.rows)]
+        for row, token in zip(self.rows, chosen, strict=True):
+            row.tokens.append(token)
+        self._mask = torch.cat([self._mask, torch.ones(len(self.rows), 1, dtype=torch.long)], dim=1)
+        ids = torch.tensor(chosen).unsqueeze(1)
+        self._next_logits = self._forward(ids, self._mask, self._cache, [r.adapter for r in self.rows])
+        return chosen
+
+    def remove(self, indices: Sequence[int]) -> list[Row]:
+        """Drop the rows at `indices` (finished or cancelled) and return them; trims padding no row needs."""
+        if not indices:
+            return []
+        gone = set(indices)
+        keep = [i for i in range(len(self.rows)) if i not in gone]
+        removed = [self.rows[i] for i in sorted(gone)]
+        self.rows = [self.rows[i] for i in keep]
+        if not keep:
+            self._cache, self._mask, self._next_logits = None, self._mask[:0, :0], self._next_logits[:0]
+            return removed
+        index = torch.tensor(keep)
+        self._cache.batch_select_indices(index)
+        self._mask = self._mask[index]
+        self._next_logits = self._next_logits[index]
+        first = int(self._mask.any(dim=0).long().argmax())  # leading columns that are padding in every row
+        if first > 0:
+            self._mask = self._mask[:, first:]
+            for layer in self._cache.layers:
+                layer.keys, layer.values = layer.keys[..., first:, :], layer.values[..., first:, :]
+        return removed
+
+    def _forward(
+        self, ids: torch.Tensor, mask: torch.Tensor, cache: Any, adapters: list[str]
+    ) -> torch.Tensor:
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)[:, -ids.shape[1] :]
+        extra = {"adapter_names": adapters} if any(a != BASE_ADAPTER for a in adapters) else {}
+        with torch.no_grad():
+            out = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+                **extra,
+            )
+        return out.logits[:, -1].float()
+
+
+def _merge(
+    cache_a: Any, mask_a: torch.Tensor, cache_b: Any, mask_b: torch.Tensor
+) -> tuple[Any, torch.Tensor]:
+    """Stack two caches along the batch, left-padding the shorter one (its padding is masked out).
+
+    Keys are cached after rotary embedding, so a row's attention does not depend on where its padding ends.
+    """
+    length = max(mask_a.shape[1], mask_b.shape[1])
+
+    def pad(t: torch.Tensor, dim: int) -> torch.Tensor:
+        missing = length - t.shape[dim]
+        if missing == 0:
+            return t
+        shape = list(t.shape)
+        shape[dim] = missing
+        return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+    for layer_a, layer_b in zip(cache_a.layers, cache_b.layers, strict=True):
+        layer_a.keys = torch.cat([pad(layer_a.keys, 2), pad(layer_b.keys, 2)])
+        layer_a.values = torch.cat([pad(layer_a.values, 2), pad(layer_b.values, 2)])
+    return cache_a, torch.cat([pad(mask_a, 1), pad(mask_b, 1)])
+
+
+def _pick(logits: torch.Tensor, row: Row) -> int:
+    """Greedy, or temperature and nucleus (top-p) sampling with the row's own random generator."""
+    s = row.sampling
+    if s.temperature <= 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits / s.temperature, dim=-1)
+    if s.top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        outside = sorted_probs.cumsum(0) - sorted_probs > s.top_p  # keep the smallest set reaching top_p
+        sorted_probs[outside] = 0.0
+        probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+    return int(torch.multinomial(probs, 1, generator=row.generator))
+
+
+def generate_batch(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    batch_size: int = 16,
+    progress: Any = None,
+) -> list[str]:
+    """Greedy answers to `prompts` (rendered chat prompts), each up to its end-of-turn token.
+
+    Keeps `batch_size` rows decoding: a finished row's place goes to the next prompt at once, so short answers
+    never wait for long ones. `progress`, if given, is called with the number of answers just finished.
+    """
+    stop = {tokenizer.eos_token_id}
+    queue = [
+        Row(tokenizer(p, add_special_tokens=False)["input_ids"], Sampling(max_new_tokens), tag=i)
+        for i, p in enumerate(prompts)
+    ]
+    queue.reverse()
+    answers: list[str] = [""] * len(prompts)
+    batch = DecodeBatch(model, tokenizer.pad_token_id)
+    while queue or batch.rows:
+        batch.add([queue.pop() for _ in range(min(batch_size - len(batch), len(queue)))])
+        batch.step()
+        done = [
+            i for i, r in enumerate(batch.rows) if r.tokens[-1] in stop or len(r.tokens) >= max_new_tokens
+        ]
+        for row in batch.remove(done):
+            answers[row.tag] = tokenizer.decode(row.tokens, skip_special_tokens=True).strip()
+        if progress is not None and done:
+            progress(len(done))
+    return answers
