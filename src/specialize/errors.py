@@ -59,7 +59,11 @@ class EvalError(SpecializeError):
     exit_code = 7
 
 
-class RunNotFoundError(SpecializeError):
-    """A run id names no run in the registry."""
+class NotFoundError(SpecializeError):
+    """Something the user named (a run, an API key, a served request) does not exist."""
 
     exit_code = 8
+
+
+class RunNotFoundError(NotFoundError):
+    """A run id names no run in the registry."""

@@ -72,7 +72,17 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _now() -> datetime:
+def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+    """Enforce foreign keys, and let a server's many writers wait for the lock (WAL) instead of failing."""
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()
+
+
+def now() -> datetime:
+    """UTC time without tzinfo, as every registry timestamp is stored."""
     return datetime.now(UTC).replace(tzinfo=None)
 
 
@@ -89,6 +99,8 @@ class Registry:
             self.engine = sa.create_engine(url)
         except (sa.exc.ArgumentError, ImportError) as exc:
             raise ConfigError(f"registry: cannot use {url!r} ({exc}); give a SQLAlchemy URL") from None
+        if self.engine.dialect.name == "sqlite":
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         meta = sa.MetaData()
         self.runs = sa.Table(
             "runs",
@@ -137,7 +149,7 @@ class Registry:
                     base_model=base_model,
                     run_dir=str(run.root.resolve()),
                     config=json.dumps(config),
-                    created_at=_now(),
+                    created_at=now(),
                 )
             )
 
@@ -152,7 +164,7 @@ class Registry:
             conn.execute(
                 self.runs.update()
                 .where(self.runs.c.id == run_id)
-                .values(status=status, error=error, finished_at=_now())
+                .values(status=status, error=error, finished_at=now())
             )
 
     def log_metrics(
@@ -171,7 +183,7 @@ class Registry:
                 "value": float(v),
                 "step": step,
                 "system": system,
-                "created_at": _now(),
+                "created_at": now(),
             }
             for k, v in values.items()
         ]
@@ -190,7 +202,7 @@ class Registry:
     def add_artifact(self, run_id: str, kind: str, path: Path) -> None:
         with self.engine.begin() as conn:
             conn.execute(
-                self.artifacts.insert().values(run_id=run_id, kind=kind, path=str(path), created_at=_now())
+                self.artifacts.insert().values(run_id=run_id, kind=kind, path=str(path), created_at=now())
             )
 
     def get_run(self, run_id: str) -> dict[str, Any]:

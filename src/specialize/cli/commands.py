@@ -202,3 +202,51 @@ def _render_audit(audit: dict[str, Any]) -> str:
         )
     lines += [f"warning: {w}" for w in audit["warnings"]]
     return "\n".join(lines)
+
+
+def serve(args: Any) -> int:
+    from specialize.config import DEFAULT_REGISTRY
+    from specialize.serve import ServeOptions
+    from specialize.serve import serve as run_server
+
+    run_server(
+        ServeOptions(
+            base_model=args.base_model,
+            runs=tuple(args.runs),
+            host=args.host,
+            port=args.port,
+            registry=args.registry or DEFAULT_REGISTRY,
+            auth=not args.no_auth,
+            max_batch=args.max_batch,
+            max_adapters=args.max_adapters,
+            max_tokens=args.max_tokens,
+        )
+    )
+    return 0
+
+
+def keys(action: str, args: Any) -> int:
+    from specialize.config import DEFAULT_REGISTRY
+    from specialize.deploy.api_keys import ApiKeys
+    from specialize.runs import Registry
+
+    store = ApiKeys(Registry(args.registry or DEFAULT_REGISTRY))
+    if action == "create":
+        key, secret = store.create(args.name)
+        print(f"created {key.id} ({key.name}); the secret is shown once, keep it safe:\n{secret}")
+    elif action == "revoke":
+        key = store.revoke(args.key_id)
+        print(f"revoked {key.id} ({key.name})")
+    else:
+        rows = [
+            [
+                k.id,
+                k.name,
+                k.shown_prefix + "...",
+                f"{k.created_at:%Y-%m-%d %H:%M}",
+                "active" if k.active else f"revoked {k.revoked_at:%Y-%m-%d %H:%M}",
+            ]
+            for k in store.list()
+        ]
+        print(_table(["id", "name", "key", "created", "state"], rows) if rows else "no API keys")
+    return 0

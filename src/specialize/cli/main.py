@@ -57,6 +57,39 @@ def _parser() -> argparse.ArgumentParser:
         "--registry", help="SQLAlchemy URL (default sqlite:///runs/registry.db)"
     )
 
+    s = sub.add_parser(
+        "serve",
+        help="serve the base model and fine-tuned adapters behind an OpenAI-compatible API",
+        description="Serves the base model and every finished run fine-tuned from it (or the RUNs named), "
+        "chosen per request by the `model` field; a run that finishes later is served from its first request.",
+    )
+    s.add_argument(
+        "runs", nargs="*", metavar="RUN", help="serve only these runs (default: every finished run)"
+    )
+    s.add_argument("--base-model", help="catalogue name or model directory (default: the runs' base model)")
+    s.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)"
+    )
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--registry", help="SQLAlchemy URL of the registry (default sqlite:///runs/registry.db)")
+    s.add_argument("--no-auth", action="store_true", help="serve without API keys (loopback only)")
+    s.add_argument("--max-batch", type=int, default=16, help="requests decoded together (default 16)")
+    s.add_argument("--max-adapters", type=int, default=4, help="adapters kept in memory (default 4)")
+    s.add_argument(
+        "--max-tokens", type=int, default=512, help="most tokens one completion may ask (default 512)"
+    )
+
+    keys = sub.add_parser("keys", help="API keys of the server").add_subparsers(dest="action", required=True)
+    create = keys.add_parser("create", help="make a key; its secret is shown once")
+    create.add_argument("--name", default="default", help="what the key is for")
+    keys.add_parser("list", help="keys with their state; never their secrets")
+    revoke = keys.add_parser("revoke", help="revoke a key; requests with it get 401 at once")
+    revoke.add_argument("key_id", metavar="KEY_ID")
+    for p in (create, keys.choices["list"], revoke):
+        p.add_argument(
+            "--registry", help="SQLAlchemy URL of the registry (default sqlite:///runs/registry.db)"
+        )
+
     data = sub.add_parser("data", help="data preparation").add_subparsers(dest="action", required=True)
     check = data.add_parser(
         "check",
@@ -124,6 +157,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return commands.models_list() if args.action == "list" else commands.models_pull(args.name)
     if args.command == "runs":
         return commands.runs(args.registry)
+    if args.command == "serve":
+        return commands.serve(args)
+    if args.command == "keys":
+        return commands.keys(args.action, args)
     if args.action == "prepare":
         return commands.data_prepare(args.config, args.overrides, args.out)
     options = {"format": args.format, "label_field": args.label_field}

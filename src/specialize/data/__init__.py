@@ -23,7 +23,7 @@ from specialize.data.prepare import (
     read_prepared,
 )
 from specialize.data.split import group_split, seeded_sample, stratified_split
-from specialize.data.template import encode_conversation, encode_text, render_prompt
+from specialize.data.template import encode_conversation, encode_text, render_prompt, with_system
 
 __all__ = [
     "DataCheck",
@@ -41,6 +41,7 @@ __all__ = [
     "read_examples",
     "read_prepared",
     "render_prompt",
+    "with_system",
     "seeded_sample",
     "stratified_split",
 ]

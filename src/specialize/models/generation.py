@@ -45,14 +45,17 @@ class DecodeBatch:
     """The rows being decoded together, their KV cache, attention mask and next positions.
 
     Call `add` with new rows (pre-fills them), `step` for one token of every row, and `remove` for the rows that
-    are done. `mixed_adapters` says whether rows with different adapters may share one forward pass (PEFT supports
-    that for LoRA, not for DoRA); when False, the caller keeps one adapter per batch.
+    are done. `mixed` says whether rows with different adapters may share one forward pass (PEFT supports that for
+    LoRA, not for DoRA); when False, the caller keeps one adapter per batch and makes it the active one.
     """
 
     def __init__(self, model: Any, pad_id: int) -> None:
         self.model = model
         self.pad_id = pad_id
         self.rows: list[Row] = []
+        self.mixed = (
+            True  # pass each row's adapter to PEFT; False: the model's active adapter serves every row
+        )
         self._cache: Any = None
         self._mask = torch.zeros(0, 0, dtype=torch.long)
         self._next_logits = torch.zeros(0, 0)
@@ -119,7 +122,7 @@ class DecodeBatch:
         self, ids: torch.Tensor, mask: torch.Tensor, cache: Any, adapters: list[str]
     ) -> torch.Tensor:
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)[:, -ids.shape[1] :]
-        extra = {"adapter_names": adapters} if any(a != BASE_ADAPTER for a in adapters) else {}
+        extra = {"adapter_names": adapters} if self.mixed and hasattr(self.model, "peft_config") else {}
         with torch.no_grad():
             out = self.model(
                 input_ids=ids,

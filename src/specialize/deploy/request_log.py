@@ -1,0 +1,119 @@
+"""Every request `specialize serve` answers, and the feedback users give on the answers, in the registry.
+
+These rows are what monitoring reads (drift of inputs, latency, error rates) and what re-fine-tuning learns from
+(answers rated down, corrected answers).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from specialize.errors import NotFoundError
+from specialize.runs import Registry, now
+
+
+@dataclass
+class ServedRequest:
+    """One request as it is logged: filled in while it is answered."""
+
+    id: str
+    endpoint: str
+    key_id: str | None = None
+    model: str | None = None
+    status_code: int = 200
+    error_code: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_ms: float = 0.0
+    request: dict[str, Any] | None = None
+    response: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class RequestLog:
+    """The `served_requests` and `feedback` tables of a registry."""
+
+    def __init__(self, registry: Registry) -> None:
+        import sqlalchemy as sa
+
+        self._sa = sa
+        self.engine = registry.engine
+        meta = sa.MetaData()
+        self.requests = sa.Table(
+            "served_requests",
+            meta,
+            sa.Column("id", sa.String(64), primary_key=True),
+            sa.Column("endpoint", sa.String(100), nullable=False),
+            sa.Column("key_id", sa.String(40), index=True),
+            sa.Column("model", sa.String(300), index=True),
+            sa.Column("status_code", sa.Integer, nullable=False),
+            sa.Column("error_code", sa.String(100)),
+            sa.Column("prompt_tokens", sa.Integer, nullable=False),
+            sa.Column("completion_tokens", sa.Integer, nullable=False),
+            sa.Column("latency_ms", sa.Float, nullable=False),
+            sa.Column("request", sa.Text),
+            sa.Column("response", sa.Text),
+            sa.Column("created_at", sa.DateTime, nullable=False, index=True),
+        )
+        self.feedback = sa.Table(
+            "feedback",
+            meta,
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+            sa.Column("request_id", sa.String(64), sa.ForeignKey("served_requests.id"), nullable=False),
+            sa.Column("key_id", sa.String(40)),
+            sa.Column("rating", sa.Float),
+            sa.Column("correction", sa.Text),
+            sa.Column("comment", sa.Text),
+            sa.Column("created_at", sa.DateTime, nullable=False),
+        )
+        meta.create_all(self.engine)
+
+    def record(self, req: ServedRequest) -> None:
+        values = asdict(req)
+        values.pop("extra")
+        values["request"] = json.dumps(req.request, ensure_ascii=False) if req.request is not None else None
+        with self.engine.begin() as conn:
+            conn.execute(self.requests.insert().values(**values, created_at=now()))
+
+    def add_feedback(
+        self,
+        request_id: str,
+        key_id: str | None,
+        rating: float | None,
+        correction: str | None,
+        comment: str | None,
+    ) -> int:
+        """Attach feedback to a logged request; only the key that made the request may rate it."""
+        with self.engine.begin() as conn:
+            row = conn.execute(self.requests.select().where(self.requests.c.id == request_id)).first()
+            if row is None or (row.key_id is not None and row.key_id != key_id):
+                raise NotFoundError(
+                    f"no request {request_id!r}; give the `id` of a response from this server"
+                )
+            done = conn.execute(
+                self.feedback.insert().values(
+                    request_id=request_id,
+                    key_id=key_id,
+                    rating=rating,
+                    correction=correction,
+                    comment=comment,
+                    created_at=now(),
+                )
+            )
+        key = done.inserted_primary_key
+        assert key is not None
+        return int(key[0])
+
+    def requests_for(self, model: str | None = None) -> list[dict[str, Any]]:
+        query = self.requests.select().order_by(self.requests.c.created_at)
+        if model is not None:
+            query = query.where(self.requests.c.model == model)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings().all()]
+
+    def feedback_for(self, request_id: str) -> list[dict[str, Any]]:
+        query = self.feedback.select().where(self.feedback.c.request_id == request_id)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings().all()]

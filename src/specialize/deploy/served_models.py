@@ -1,0 +1,107 @@
+"""Which models a server answers for: its base model and every finished run fine-tuned from it.
+
+A run finished after the server started is found on its first request: a model id the server does not know is
+looked up in the registry again before it is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import UTC
+from pathlib import Path
+from typing import Any
+
+from specialize.config import load_resolved
+from specialize.errors import NotFoundError
+from specialize.runs import Registry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A model id clients may ask for; `adapter` is None for the base model itself."""
+
+    id: str
+    adapter: Path | None
+    system_prompt: str | None
+    created: int  # unix time, as OpenAI's model objects carry
+    use_dora: bool = False
+
+
+class ServedModels:
+    """The base model and the adapters of runs on it, by model id."""
+
+    def __init__(
+        self, base_name: str, base_path: Path, registry: Registry, runs: list[str] | None = None
+    ) -> None:
+        self.base = ServedModel(base_name, None, None, int(base_path.stat().st_mtime))
+        self._base_path = base_path.resolve()
+        self._registry = registry
+        self._only = set(runs) if runs else None
+        self._models: dict[str, ServedModel] = {base_name: self.base}
+        self._lock = threading.Lock()
+        if runs:
+            for run_id in runs:
+                model = self._from_run(self._registry.get_run(run_id))
+                if model is None:
+                    raise NotFoundError(
+                        f"run {run_id!r} cannot be served on {base_name}: it is not finished, has no adapter "
+                        f"(a full fine-tune: export it with `specialize export {run_id} --format merged` and "
+                        "serve that as --base), or was trained from another base model"
+                    )
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Add every servable run in the registry (or in the `runs` the server was started with)."""
+        found = {}
+        for run in self._registry.list_runs():
+            if self._only is None or run["id"] in self._only:
+                model = self._from_run(run)
+                if model is not None:
+                    found[model.id] = model
+        with self._lock:
+            self._models.update(found)
+
+    def get(self, model_id: str) -> ServedModel:
+        with self._lock:
+            model = self._models.get(model_id)
+        if model is None:
+            self.refresh()
+            with self._lock:
+                model = self._models.get(model_id)
+        if model is None:
+            raise NotFoundError(
+                f"The model `{model_id}` does not exist; GET /v1/models lists the served models"
+            )
+        return model
+
+    def list(self) -> list[ServedModel]:
+        self.refresh()
+        with self._lock:
+            return list(self._models.values())
+
+    def _from_run(self, run: dict[str, Any]) -> ServedModel | None:
+        if run["status"] != "completed":
+            return None
+        adapter = Path(run["run_dir"]) / "train" / "adapter"
+        if not (adapter / "adapter_config.json").is_file() or not self._same_base(run["base_model"]):
+            return None
+        config = load_resolved(Path(run["run_dir"]) / "config.resolved.yaml")
+        use_dora = bool(json.loads((adapter / "adapter_config.json").read_text()).get("use_dora"))
+        return ServedModel(
+            run["id"],
+            adapter,
+            config.data.system_prompt,
+            int(run["created_at"].replace(tzinfo=UTC).timestamp()),
+            use_dora,
+        )
+
+    def _same_base(self, base_model: str) -> bool:
+        path = Path(base_model).expanduser()
+        if path.is_dir():
+            return path.resolve() == self._base_path
+        return base_model.lower() == self.base.id.lower()

@@ -1,0 +1,69 @@
+"""`specialize serve`: fine-tuned adapters and their base model behind an OpenAI-compatible API."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from specialize.config import DEFAULT_BASE_MODEL, DEFAULT_REGISTRY
+from specialize.errors import ConfigError
+from specialize.runs import Registry
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """How `specialize serve` runs; every field is a command-line option."""
+
+    base_model: str | None = None
+    runs: tuple[str, ...] = ()
+    host: str = "127.0.0.1"
+    port: int = 8000
+    registry: str = DEFAULT_REGISTRY
+    auth: bool = True
+    max_batch: int = 16
+    max_adapters: int = 4
+    max_tokens: int = 512
+
+
+def build_app(options: ServeOptions) -> Any:
+    """The ASGI app for `options`, with its model loaded; checks the options before loading anything."""
+    from specialize.deploy.api_keys import ApiKeys
+    from specialize.deploy.engine import load_engine
+    from specialize.deploy.request_log import RequestLog
+    from specialize.deploy.served_models import ServedModels
+    from specialize.models import resolve_model
+    from specialize.serve.app import Limits, create_app
+
+    registry = Registry(options.registry)
+    keys = ApiKeys(registry) if options.auth else None
+    if keys is not None and not keys.any_active():
+        raise ConfigError(
+            f"no active API key in the registry {options.registry}; create one with `specialize keys create`, "
+            "or start with --no-auth to serve without keys (loopback only)"
+        )
+    if not options.auth and options.host not in LOOPBACK:
+        raise ConfigError(
+            f"--no-auth serves anyone who can reach {options.host}; it is allowed on 127.0.0.1 only"
+        )
+    base_name = options.base_model
+    if base_name is None:
+        base_name = registry.get_run(options.runs[0])["base_model"] if options.runs else DEFAULT_BASE_MODEL
+    base_path = resolve_model(base_name)
+    models = ServedModels(base_name, base_path, registry, list(options.runs) or None)
+    engine = load_engine(base_path, options.max_batch, options.max_adapters)
+    return create_app(engine, models, RequestLog(registry), keys, Limits(max_tokens=options.max_tokens))
+
+
+def serve(options: ServeOptions) -> None:
+    """Serve until interrupted (Ctrl-C or SIGTERM), then finish the requests in flight and stop."""
+    import uvicorn
+
+    app = build_app(options)
+    host = f"[{options.host}]" if ":" in options.host else options.host
+    print(f"specialize serve: OpenAI-compatible API on http://{host}:{options.port}/v1", flush=True)
+    uvicorn.run(app, host=options.host, port=options.port, log_level="warning", timeout_graceful_shutdown=30)
