@@ -73,11 +73,10 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:
-    """Enforce foreign keys, and let a server's many writers wait for the lock (WAL) instead of failing."""
+    """Enforce foreign keys, and let a server's many writers queue for the lock instead of failing at once."""
     cursor = connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.close()
 
 
