@@ -10,9 +10,8 @@ import httpx2 as httpx
 import openai
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
 from live import live_server  # noqa: F401  (fixture)
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from specialize.data import render_prompt
 
