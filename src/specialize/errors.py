@@ -63,3 +63,9 @@ class RunNotFoundError(SpecializeError):
     """A run id names no run in the registry."""
 
     exit_code = 8
+
+
+class ExportError(SpecializeError):
+    """A finished run cannot be exported as asked (format, architecture, output folder)."""
+
+    exit_code = 9
