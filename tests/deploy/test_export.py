@@ -30,6 +30,11 @@ def lora_run(finish_run: FinishRun) -> CompletedRun:
 
 
 @pytest.fixture(scope="module")
+def dora_run(finish_run: FinishRun) -> CompletedRun:
+    return finish_run(train={"max_steps": 4, "learning_rate": 5e-2, "adapter": "dora"}, eval=QUICK_EVAL)
+
+
+@pytest.fixture(scope="module")
 def full_run(finish_run: FinishRun) -> CompletedRun:
     return finish_run(train={"max_steps": 2, "adapter": None, "learning_rate": 1e-3}, eval=QUICK_EVAL)
 
@@ -63,9 +68,13 @@ def _export(run: CompletedRun, fmt: str, out: pathlib.Path, *extra: str) -> int:
     )
 
 
-def test_merged_export_loads_with_transformers_and_matches_the_adapter(lora_run, tmp_path, capsys) -> None:
+@pytest.mark.parametrize("adapter", ["lora", "dora"])
+def test_merged_export_loads_with_transformers_and_matches_the_adapter(
+    adapter, request, tmp_path, capsys
+) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    lora_run = request.getfixturevalue(f"{adapter}_run")
     out = tmp_path / "merged"
     assert _export(lora_run, "merged", out) == 0
     assert capsys.readouterr().out.strip() == str(out)
@@ -97,6 +106,7 @@ def test_adapter_export_loads_with_peft_and_names_its_base(lora_run, tmp_path) -
     doc = json.loads((out / "adapter_config.json").read_text(encoding="utf-8"))
     assert doc["base_model_name_or_path"] == str(pathlib.Path(lora_run.config.base_model).resolve())
     assert (out / "adapter_model.safetensors").is_file()
+    assert {"tokenizer.json", "chat_template.jinja"} <= {p.name for p in out.iterdir()}
     reloaded = PeftModel.from_pretrained(load_model(lora_run.config.base_model)[0], out).eval()
     reference, tokenizer = _peft_model(lora_run)
     for messages in PROMPTS:
@@ -226,3 +236,65 @@ def test_mistake_is_one_error_line_and_writes_nothing(case, full_run, tmp_path, 
     assert out == ""
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
     assert full_run.registry.get_artifacts(full_run.run_dir.id) == artifacts
+
+
+def _qwen2(model_dir: pathlib.Path) -> Any:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    return Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=64,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    )
+
+
+def _llama3_rope(model_dir: pathlib.Path) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model.config.rope_parameters = {
+        "rope_type": "llama3",
+        "rope_theta": 500000.0,
+        "factor": 32.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    }
+    return model
+
+
+@pytest.mark.parametrize(
+    ("make", "names"), [(_qwen2, ("'qwen2'", "--format merged")), (_llama3_rope, ("llama3",))]
+)
+def test_gguf_refuses_what_it_cannot_write_faithfully(
+    make, names, tiny_model_dir, tiny_tokenizer, tmp_path
+) -> None:
+    from specialize.deploy.llamacpp import write_gguf
+
+    with pytest.raises(ExportError) as caught:
+        write_gguf(make(tiny_model_dir), tiny_tokenizer, tmp_path / "m.gguf", "f16", "m")
+
+    for name in names:
+        assert name in str(caught.value)
+    assert not (tmp_path / "m.gguf").exists()
+
+
+def test_gguf_names_the_pre_tokenizer_as_llama_cpp_does(tiny_tokenizer) -> None:
+    from tokenizers import pre_tokenizers
+
+    from specialize.deploy.llamacpp import _pre_tokenizer
+
+    def shape(pre: Any) -> Any:
+        return json.loads(pre.__getstate__())
+
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    assert _pre_tokenizer(shape(byte_level)) == "gpt-2"
+    digits = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    assert _pre_tokenizer(shape(digits)) == "smollm"  # SmolLM2's own tokenizer.json
+    with pytest.raises(ExportError, match="pre-tokenizer"):
+        _pre_tokenizer(shape(pre_tokenizers.Whitespace()))

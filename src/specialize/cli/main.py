@@ -111,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="specialize: %(message)s", stream=sys.stderr)
-    for noisy in ("transformers", "httpx", "urllib3"):
+    for noisy in ("transformers", "httpx", "urllib3", "gguf"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
         return _dispatch(args)

