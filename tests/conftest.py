@@ -1,10 +1,13 @@
-"""Shared fixtures: a tiny offline chat model, a small classification dataset, a run config using both.
+"""Shared fixtures: a tiny offline chat model, a small classification dataset, a run config using both, and
+finished runs of it.
 
 Everything is built under pytest's temporary directories; no test reads or writes ~/.cache or the network.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import pathlib
@@ -20,6 +23,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 from tiny_model import build_tiny_model  # noqa: E402
+
+from specialize.config import RunConfig, load_config  # noqa: E402
+from specialize.runs import Registry, RunDir  # noqa: E402
 
 # A model this small is fastest on one thread; on a shared 2-core machine more threads only spin and wait.
 torch.set_num_threads(1)
@@ -101,14 +107,19 @@ class ChatDataset:
     labels: tuple[str, ...]
 
 
-@pytest.fixture
-def chat_dataset(tmp_path: pathlib.Path) -> ChatDataset:
-    """48 training and 12 validation rows of a 3-label task, no duplicates or overlap, in tmp_path/data."""
-    train = write_jsonl(tmp_path / "data" / "train.jsonl", classification_rows(N_TRAIN))
+def write_chat_dataset(directory: pathlib.Path) -> ChatDataset:
+    """48 training and 12 validation rows of a 3-label task, no duplicates or overlap, in directory/data."""
+    train = write_jsonl(directory / "data" / "train.jsonl", classification_rows(N_TRAIN))
     validation = write_jsonl(
-        tmp_path / "data" / "validation.jsonl", classification_rows(N_VALIDATION, start=1000)
+        directory / "data" / "validation.jsonl", classification_rows(N_VALIDATION, start=1000)
     )
     return ChatDataset(train, validation, N_TRAIN, N_VALIDATION, LABELS)
+
+
+@pytest.fixture
+def chat_dataset(tmp_path: pathlib.Path) -> ChatDataset:
+    """`write_chat_dataset` in tmp_path/data."""
+    return write_chat_dataset(tmp_path)
 
 
 @pytest.fixture(name="write_jsonl")
@@ -136,27 +147,35 @@ def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def write_run_config(
+    directory: pathlib.Path, model_dir: pathlib.Path, filename: str = "run.yaml", **changes: Any
+) -> pathlib.Path:
+    """Write a run YAML into `directory`; keyword arguments are merged section by section into the defaults.
+
+    Data paths are `data/train.jsonl` and `data/validation.jsonl` relative to the config's folder (as
+    `write_chat_dataset` writes them), `runs_dir` is directory/runs.
+    """
+    doc = {
+        "name": "tiny",
+        "base_model": str(model_dir),
+        "runs_dir": str(directory / "runs"),
+        "data": {"train": "data/train.jsonl", "validation": "data/validation.jsonl"},
+        "train": {"max_steps": 3, "batch_size": 4},
+        "eval": {"max_examples": 8},
+    }
+    path = directory / filename
+    path.write_text(yaml.safe_dump(_merge(doc, changes), sort_keys=False), encoding="utf-8")
+    return path
+
+
 @pytest.fixture
 def config_factory(
     tmp_path: pathlib.Path, tiny_model_dir: pathlib.Path, chat_dataset: ChatDataset
 ) -> ConfigFactory:
-    """Write a run YAML into tmp_path; keyword arguments are merged section by section into the defaults.
-
-    Data paths are written relative to the config's folder, `runs_dir` is tmp_path/runs.
-    """
+    """`write_run_config` into tmp_path, next to `chat_dataset`, with the tiny model as base."""
 
     def write(filename: str = "run.yaml", **changes: Any) -> pathlib.Path:
-        doc = {
-            "name": "tiny",
-            "base_model": str(tiny_model_dir),
-            "runs_dir": str(tmp_path / "runs"),
-            "data": {"train": "data/train.jsonl", "validation": "data/validation.jsonl"},
-            "train": {"max_steps": 3, "batch_size": 4},
-            "eval": {"max_examples": 8},
-        }
-        path = tmp_path / filename
-        path.write_text(yaml.safe_dump(_merge(doc, changes), sort_keys=False), encoding="utf-8")
-        return path
+        return write_run_config(tmp_path, tiny_model_dir, filename, **changes)
 
     return write
 
@@ -165,3 +184,50 @@ def config_factory(
 def run_config(config_factory: ConfigFactory) -> pathlib.Path:
     """The default run YAML: tiny model, 3 steps of batch 4, 8 evaluation examples."""
     return config_factory()
+
+
+@dataclass(frozen=True)
+class CompletedRun:
+    """What `specialize run CONFIG` printed and left behind."""
+
+    code: int
+    out: str
+    err: str
+    config: RunConfig
+    run_dir: RunDir
+
+    @property
+    def registry(self) -> Registry:
+        return Registry(self.config.registry_url)
+
+
+def only_run_dir(runs_dir: pathlib.Path) -> RunDir:
+    """The one run in `runs_dir`."""
+    (root,) = [p for p in runs_dir.iterdir() if p.name != "registry.db"]
+    return RunDir(root)
+
+
+FinishRun = Callable[..., CompletedRun]
+
+
+@pytest.fixture(scope="session")
+def finish_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: pathlib.Path) -> FinishRun:
+    """`finish_run(**changes)`: a finished `specialize run` of the tiny model on `write_chat_dataset`.
+
+    Each call makes a folder of its own with the data, a config (`changes` merged as in `write_run_config`) and
+    its runs_dir, and runs the CLI in-process; for module- or session-scoped fixtures that need a finished run.
+    """
+    from specialize.cli.main import main
+
+    def finish(**changes: Any) -> CompletedRun:
+        root = tmp_path_factory.mktemp("finished-run")
+        write_chat_dataset(root)
+        config_path = write_run_config(root, tiny_model_dir, **changes)
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(["--quiet", "run", str(config_path)])
+        assert code == 0, err.getvalue()
+        config = load_config(config_path)
+        return CompletedRun(code, out.getvalue(), err.getvalue(), config, only_run_dir(config.runs_dir))
+
+    return finish

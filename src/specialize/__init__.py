@@ -17,6 +17,7 @@ _API = {
     "prepare_data": "specialize.data",
     "train": "specialize.train",
     "evaluate": "specialize.evaluate",
+    "export_run": "specialize.deploy",
     "pull_model": "specialize.models",
     "list_models": "specialize.models",
     "Registry": "specialize.runs",

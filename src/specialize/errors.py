@@ -67,3 +67,9 @@ class NotFoundError(SpecializeError):
 
 class RunNotFoundError(NotFoundError):
     """A run id names no run in the registry."""
+
+
+class ExportError(SpecializeError):
+    """A finished run cannot be exported as asked (format, architecture, output folder)."""
+
+    exit_code = 9

@@ -15,13 +15,13 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from specialize.config import DEFAULT_REGISTRY, RunConfig
+from specialize.config import RunConfig
 from specialize.data import PreparedData, prepare_run, read_chat_jsonl
 from specialize.errors import DataError, RunNotFoundError
 from specialize.evaluate import EvalReport, evaluate
 from specialize.evaluate.report import write_html_report
 from specialize.models import resolve_model
-from specialize.runs import Registry, RunDir, write_atomic
+from specialize.runs import Registry, RunDir, open_run, write_atomic
 from specialize.train import RESULT_FILE, TrainResult, train
 from specialize.train.checkpoint import latest as latest_checkpoint
 
@@ -73,7 +73,7 @@ def resume(run: str, registry_url: str | None = None, progress: bool = True) -> 
         registry_url: the registry holding the run (default: the one named in the run's config).
         progress: show progress bars.
     """
-    run_dir, config, registry = _open_run(run, registry_url)
+    run_dir, config, registry = open_run(run, registry_url)
     registry.set_status(run_dir.id, "running")
     model_path = resolve_model(config.base_model)
     data = PreparedData.load(run_dir.data)
@@ -97,7 +97,7 @@ def evaluate_run(
         registry_url: the registry holding the run (default: the one named in the run's config).
         progress: show progress bars.
     """
-    run_dir, config, registry = _open_run(run, registry_url)
+    run_dir, config, registry = open_run(run, registry_url)
     finished = run_dir.train / RESULT_FILE
     if not data_file.is_file():
         raise DataError(
@@ -128,20 +128,6 @@ def evaluate_run(
     )
     registry.add_artifact(run_dir.id, stage, report.report_path)
     return report
-
-
-def _open_run(run: str, registry_url: str | None) -> tuple[RunDir, RunConfig, Registry]:
-    """A run's directory, resolved config and registry, from its id or its directory."""
-    from specialize.config import load_resolved
-
-    path = Path(run)
-    if not (path / "config.resolved.yaml").is_file():
-        path = Path(Registry(registry_url or DEFAULT_REGISTRY).get_run(run)["run_dir"])
-    run_dir = RunDir(path)
-    config = load_resolved(run_dir.config)
-    registry = Registry(registry_url or config.registry_url)
-    registry.get_run(run_dir.id)
-    return run_dir, config, registry
 
 
 def _train_and_evaluate(

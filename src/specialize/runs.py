@@ -13,9 +13,12 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from specialize.errors import ConfigError, RunNotFoundError
+
+if TYPE_CHECKING:
+    from specialize.config import RunConfig
 
 RUN_SUBDIRS = ("data", "train", "eval")
 
@@ -227,3 +230,24 @@ class Registry:
         query = self.artifacts.select().where(self.artifacts.c.run_id == run_id).order_by(self.artifacts.c.id)
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(query).mappings().all()]
+
+
+def open_run(run: str, registry_url: str | None = None) -> tuple[RunDir, RunConfig, Registry]:
+    """A run's directory, resolved config and registry, from its id or its directory.
+
+    Every command that works on an existing run (resume, eval, export) starts here, so a run is named the same way
+    everywhere: by id (looked up in `registry_url`, default the one in `runs/`) or by the path of its directory.
+
+    Raises:
+        RunNotFoundError: the id is not in the registry, or the directory's run is not in its registry.
+    """
+    from specialize.config import DEFAULT_REGISTRY, load_resolved
+
+    path = Path(run)
+    if not (path / "config.resolved.yaml").is_file():
+        path = Path(Registry(registry_url or DEFAULT_REGISTRY).get_run(run)["run_dir"])
+    run_dir = RunDir(path)
+    config = load_resolved(run_dir.config)
+    registry = Registry(registry_url or config.registry_url)
+    registry.get_run(run_dir.id)
+    return run_dir, config, registry

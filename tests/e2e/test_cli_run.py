@@ -18,32 +18,15 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import CompletedRun, only_run_dir
 
 from specialize.cli.main import main
 from specialize.config import EvalConfig, RunConfig, load_config
 from specialize.errors import ConfigError
-from specialize.runs import Registry, RunDir
+from specialize.runs import RunDir
 
 SYSTEMS = ("base_zero_shot", "base_few_shot", "fine_tuned")
 ARTIFACT_KINDS = {"train_split", "validation_split", "rejects", "audit", "adapter", "report", "model_card"}
-
-
-@dataclass(frozen=True)
-class CompletedRun:
-    code: int
-    out: str
-    err: str
-    config: RunConfig
-    run_dir: RunDir
-
-    @property
-    def registry(self) -> Registry:
-        return Registry(self.config.registry_url)
-
-
-def _only_run_dir(runs_dir: pathlib.Path) -> RunDir:
-    (root,) = [p for p in runs_dir.iterdir() if p.name != "registry.db"]
-    return RunDir(root)
 
 
 def _read_jsonl(path: pathlib.Path) -> list[dict[str, Any]]:
@@ -66,7 +49,7 @@ def completed_run(run_config: pathlib.Path, tiny_model_dir: pathlib.Path, capsys
     assert code == 0, err
     assert _digest(tiny_model_dir) == base_files, "the run changed the base model's files"
     config = load_config(run_config)
-    return CompletedRun(code, out, err, config, _only_run_dir(config.runs_dir))
+    return CompletedRun(code, out, err, config, only_run_dir(config.runs_dir))
 
 
 def test_run_exits_zero_and_prints_the_comparison(completed_run: CompletedRun) -> None:
@@ -258,7 +241,7 @@ def test_set_overrides_reach_the_run(run_config: pathlib.Path, capsys) -> None:
 
     out = capsys.readouterr().out
     config = load_config(run_config)
-    run = _only_run_dir(config.runs_dir)
+    run = only_run_dir(config.runs_dir)
     assert code == 0
     assert run.id.startswith("override-")
     assert [r["step"] for r in _read_jsonl(run.train / "metrics.jsonl")] == [1, 2]
@@ -367,7 +350,7 @@ def learnt_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: pathlib
     assert code == 0, err.getvalue()
 
     config = load_config(config_path)
-    run = _only_run_dir(config.runs_dir)
+    run = only_run_dir(config.runs_dir)
     fresh = evaluate(
         EvalConfig(systems=["base_zero_shot"], max_examples=8),
         tiny_model_dir,

@@ -61,6 +61,15 @@ def eval_run(run_ref: str, data: Path, registry_url: str | None, progress: bool)
     return 0
 
 
+def export(
+    run_ref: str, fmt: str, out: Path, registry_url: str | None, force: bool, dtype: str | None
+) -> int:
+    from specialize.deploy import export_run
+
+    print(export_run(run_ref, fmt, out, registry_url, force=force, dtype=dtype))
+    return 0
+
+
 def models_list() -> int:
     from specialize.models import list_models
 

@@ -46,6 +46,21 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--data", required=True, type=Path, help="chat JSONL file to evaluate on")
     e.add_argument("--registry", help="SQLAlchemy URL of the registry holding the run")
 
+    x = sub.add_parser("export", help="export a finished run: merged model, adapter, or llama.cpp GGUF file")
+    x.add_argument("run", metavar="RUN", help="run id, or the path of a run directory")
+    x.add_argument(
+        "--format",
+        required=True,
+        metavar="merged|adapter|gguf",
+        help="merged: one Hugging Face model; adapter: the PEFT adapter alone; gguf: one file for llama.cpp",
+    )
+    x.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder to write (new or empty)")
+    x.add_argument(
+        "--dtype", metavar="f16|f32", help="gguf weights: f16 (default, half the size) or f32 (exact)"
+    )
+    x.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
+    x.add_argument("--registry", help="SQLAlchemy URL of the registry holding the run")
+
     models = sub.add_parser("models", help="the base model catalogue").add_subparsers(
         dest="action", required=True
     )
@@ -129,7 +144,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="specialize: %(message)s", stream=sys.stderr)
-    for noisy in ("transformers", "httpx", "urllib3"):
+    for noisy in ("transformers", "httpx", "urllib3", "gguf"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
         return _dispatch(args)
@@ -153,6 +168,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return commands.train_resume(args.resume, args.registry, progress=not args.quiet)
     if args.command == "eval":
         return commands.eval_run(args.run, args.data, args.registry, progress=not args.quiet)
+    if args.command == "export":
+        return commands.export(args.run, args.format, args.out, args.registry, args.force, args.dtype)
     if args.command == "models":
         return commands.models_list() if args.action == "list" else commands.models_pull(args.name)
     if args.command == "runs":
