@@ -33,11 +33,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "general_instructions"
+DATA = Path(os.environ.get("SPECIALIZE_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
 
 
 def user_turns(n: int, offset: int = 0) -> list[list[dict[str, str]]]:
-    rows = [json.loads(line) for line in (DATA / "validation.jsonl").read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in (DATA / "general_instructions" / "validation.jsonl").read_text().splitlines() if line.strip()]
     return [[m for m in r["messages"] if m["role"] != "assistant"][:1] for r in rows[offset : offset + n]]
 
 
