@@ -1,6 +1,6 @@
 """Serving: `specialize serve` under concurrent clients against a sequential `generate` loop, and a load test.
 
-Both sides answer the same prompts (user turns of ../shared/datasets/general_instructions validation, rendered
+Both sides answer the same prompts (user turns of ../shared/datasets/general_instructions, rendered
 with the chat template) greedily with SmolLM2-135M-Instruct in float32, up to `--max-tokens` new tokens:
 
 1. sequential: the model in this process, transformers' `generate` on one prompt after another (what a script
@@ -33,12 +33,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-DATA = Path(os.environ.get("SPECIALIZE_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+DATA = Path(
+    os.environ.get("SPECIALIZE_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets")
+)
 
 
-def user_turns(n: int, offset: int = 0) -> list[list[dict[str, str]]]:
-    rows = [json.loads(line) for line in (DATA / "general_instructions" / "validation.jsonl").read_text().splitlines() if line.strip()]
-    return [[m for m in r["messages"] if m["role"] != "assistant"][:1] for r in rows[offset : offset + n]]
+def user_turns(n: int, split: str) -> list[list[dict[str, str]]]:
+    """The first user turn of the first `n` rows of a split of general_instructions."""
+    path = DATA / "general_instructions" / f"{split}.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [[m for m in r["messages"] if m["role"] == "user"][:1] for r in rows[:n]]
 
 
 def sequential(model_path: Path, conversations: list, max_tokens: int) -> tuple[int, float]:
@@ -155,8 +159,11 @@ def main() -> None:
     from specialize.runs import Registry
 
     model_path = resolve_model(DEFAULT_BASE_MODEL)
-    conversations = user_turns(args.prompts)
-    print(f"sequential generate loop: {len(conversations)} prompts, up to {args.max_tokens} new tokens ...", flush=True)
+    conversations = user_turns(args.prompts, "train")
+    print(
+        f"sequential generate loop: {len(conversations)} prompts, up to {args.max_tokens} new tokens ...",
+        flush=True,
+    )
     seq_tokens, seq_seconds = sequential(model_path, conversations, args.max_tokens)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -169,14 +176,18 @@ def main() -> None:
         log = Path(tmp) / "server.log"
         server = start_server(registry_url, port, log, args.max_tokens)
         try:
-            client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=secret, max_retries=0, timeout=600)
+            client = openai.OpenAI(
+                base_url=f"http://127.0.0.1:{port}/v1", api_key=secret, max_retries=0, timeout=600
+            )
             print(f"served: {args.clients} concurrent clients, same prompts ...", flush=True)
-            srv_tokens, srv_seconds = served(client, DEFAULT_BASE_MODEL, conversations, args.max_tokens, args.clients)
+            srv_tokens, srv_seconds = served(
+                client, DEFAULT_BASE_MODEL, conversations, args.max_tokens, args.clients
+            )
             print(f"load test: {args.load_clients} clients for {args.load_seconds:.0f} s ...", flush=True)
             load = load_test(
                 client,
                 DEFAULT_BASE_MODEL,
-                user_turns(200, offset=args.prompts),
+                user_turns(500, "validation") + user_turns(500, "train")[args.prompts :],
                 args.load_clients,
                 args.load_seconds,
                 args.load_max_tokens,
@@ -204,13 +215,13 @@ completion tokens/s                   {seq_rate:>19.1f}   {srv_rate:>10.1f}
 
 served / sequential tokens/s:         {srv_rate / seq_rate:.2f}x (HTTP, JSON and logging included on the served side)
 
-load test: {args.load_clients} concurrent clients for {load['wall']:.0f} s, up to {args.load_max_tokens} new tokens each
-requests answered                     {len(load['ids'])}
-errors                                {len(load['errors'])}{'  ' + load['errors'][0] if load['errors'] else ''}
-answered and in the request log       {answered_logged} of {len(load['ids'])}
-latency p50 / p95 / max (s)           {p(0.5):.2f} / {p(0.95):.2f} / {lat[-1] if lat else float('nan'):.2f}
-requests/s, completion tokens/s       {len(load['ids']) / load['wall']:.2f}, {completion / load['wall']:.1f}
-mean latency (s)                      {statistics.mean(lat) if lat else float('nan'):.2f}"""
+load test: {args.load_clients} concurrent clients for {load["wall"]:.0f} s, up to {args.load_max_tokens} new tokens each
+requests answered                     {len(load["ids"])}
+errors                                {len(load["errors"])}{"  " + load["errors"][0] if load["errors"] else ""}
+answered and in the request log       {answered_logged} of {len(load["ids"])}
+latency p50 / p95 / max (s)           {p(0.5):.2f} / {p(0.95):.2f} / {lat[-1] if lat else float("nan"):.2f}
+requests/s, completion tokens/s       {len(load["ids"]) / load["wall"]:.2f}, {completion / load["wall"]:.1f}
+mean latency (s)                      {statistics.mean(lat) if lat else float("nan"):.2f}"""
     )
     if load["errors"] or answered_logged != len(load["ids"]):
         raise SystemExit("load test lost requests")
