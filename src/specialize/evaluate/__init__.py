@@ -116,11 +116,11 @@ def evaluate(
     done: dict[tuple[bool, tuple[str, ...]], str] = {}
     for system in systems:
         on_tuned, kind = SYSTEMS[system]
-        system_prompts = prompts.for_context(kind)
+        system_prompts, sources = prompts.for_context(kind)
         same = done.get((on_tuned, tuple(system_prompts)))
         if same is not None:  # e.g. similarity few-shot and RAG over training examples: identical prompts
             log.info("%s sees the same prompts as %s; its answers are reused", system, same)
-            results[system] = results[same]
+            results[system] = dict(results[same])
         else:
             use = tuned if on_tuned and tuned is not None else model
             # PEFT injects the adapter into the base modules in place: base systems run on the same model with
@@ -131,6 +131,8 @@ def evaluate(
                     system, use, tokenizer, rows, system_prompts, task, labels, progress
                 )
             done[(on_tuned, tuple(system_prompts))] = system
+        if kind is not None:
+            results[system]["context"] = sources
         headline = {m: v for m, v in results[system].items() if isinstance(v, float)}
         log.info("%s: %s", system, ", ".join(f"{m}={v:.3f}" for m, v in headline.items()))
         if on_metrics:
@@ -200,7 +202,11 @@ def _headline(task: str, results: dict[str, dict[str, Any]]) -> str:
 
 
 class _SystemPrompts:
-    """The prompts of each kind of context, built once and shared by the systems that use them."""
+    """The prompts of each kind of context, built once and shared by the systems that use them.
+
+    Alongside each prompt: where its context came from (the `source` of each training example, or `file#n` of
+    each passage), so a report shows what a retrieval system was given and that it never saw the question.
+    """
 
     def __init__(
         self,
@@ -213,48 +219,36 @@ class _SystemPrompts:
     ) -> None:
         self.config, self.tokenizer, self.rows, self.shots = config, tokenizer, rows, shots
         self.context, self.seed = context, seed
-        self._built: dict[str | None, list[str]] = {}
-        self._examples: Retriever | None = None
+        self._built: dict[str | None, tuple[list[str], list[list[str]]]] = {}
 
-    def for_context(self, kind: str | None) -> list[str]:
+    def for_context(self, kind: str | None) -> tuple[list[str], list[list[str]]]:
         if kind not in self._built:
             self._built[kind] = self._build(kind)
         return self._built[kind]
 
-    def _build(self, kind: str | None) -> list[str]:
+    def _build(self, kind: str | None) -> tuple[list[str], list[list[str]]]:
         config = self.config
+        documents = config.rag_documents if kind == "rag" else None
+        passages = documents is not None
         if kind is None:
-            return [fitting_prompt(self.tokenizer, row, [], self.context) for row in self.rows]
-        if kind == "few_shot" and config.few_shot_selection == "random":
+            chosen: list[list[Any]] = [[] for _ in self.rows]
+        elif kind == "few_shot" and config.few_shot_selection == "random":
             # One seeded draw serves every question (the usual k-shot protocol); identical demonstrations also
             # make the prompts share a long prefix that is computed once.
             drawn = random.Random(self.seed).sample(self.shots, min(config.few_shot_k, len(self.shots)))
-            return [fitting_prompt(self.tokenizer, row, drawn, self.context) for row in self.rows]
-        if kind == "rag" and config.rag_documents is not None:
-            passages = document_passages(config.rag_documents)
-            index = Retriever(passages)
-            return [
-                fitting_prompt(
-                    self.tokenizer,
-                    row,
-                    [passages[i] for i in reversed(index.search(question_text(row), config.rag_k))],
-                    self.context,
-                    passages=True,
-                )
-                for row in self.rows
-            ]
-        k = config.few_shot_k if kind == "few_shot" else config.rag_k
-        if self._examples is None:
-            self._examples = Retriever([question_text(s) for s in self.shots])
-        return [
-            fitting_prompt(
-                self.tokenizer,
-                row,
-                [self.shots[i] for i in reversed(self._examples.search(question_text(row), k))],
-                self.context,
-            )
-            for row in self.rows
-        ]
+            chosen = [drawn for _ in self.rows]
+        else:
+            pool: list[Any] = document_passages(documents) if documents is not None else self.shots
+            index = Retriever([p.text for p in pool] if passages else [question_text(s) for s in pool])
+            k = config.few_shot_k if kind == "few_shot" else config.rag_k
+            # Least similar first: the most similar item sits next to the question and is the last to be cut.
+            chosen = [[pool[i] for i in reversed(index.search(question_text(row), k))] for row in self.rows]
+        prompts, sources = [], []
+        for row, items in zip(self.rows, chosen, strict=True):
+            prompt, used = fitting_prompt(self.tokenizer, row, items, self.context, passages=passages)
+            prompts.append(prompt)
+            sources.append([item.source if passages else str(item.get("source", "")) for item in used])
+        return prompts, sources
 
 
 def _run_system(

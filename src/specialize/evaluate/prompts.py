@@ -33,18 +33,22 @@ def passage_messages(row: dict[str, Any], passages: list[str]) -> list[dict[str,
 
 def fitting_prompt(
     tokenizer: Any, row: dict[str, Any], context: list[Any], max_tokens: int, passages: bool = False
-) -> str:
-    """The prompt with as much of `context` (examples, or passages) as fits `max_tokens` with room to answer.
+) -> tuple[str, list[Any]]:
+    """The prompt with as much of `context` as fits `max_tokens` with room to answer, and the items it holds.
 
-    Items are dropped from the front of `context`, the least similar end.
+    `context` is solved examples (rows), or passages (objects with a `text`) when `passages` is set. Items are
+    dropped from the front of `context`, the least similar end.
     """
     items = list(context)
     while True:
-        messages = passage_messages(row, items) if passages else few_shot_messages(row, items)
+        if passages:
+            messages = passage_messages(row, [p.text for p in items])
+        else:
+            messages = few_shot_messages(row, items)
         prompt = render_prompt(tokenizer, messages)
         if (
             not items
             or len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) <= max_tokens - ANSWER_ROOM
         ):
-            return prompt
+            return prompt, items
         items.pop(0)

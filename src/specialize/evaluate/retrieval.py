@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from specialize.errors import EvalError
 
@@ -59,9 +59,17 @@ class Retriever:
         return [int(i) for i in found[0] if self._texts[int(i)] != same][:k]
 
 
-def document_passages(folder: Path) -> list[str]:
+class Passage(NamedTuple):
+    """A piece of a document, and where it is from: `file#n`, the file relative to the folder and its n-th piece."""
+
+    source: str
+    text: str
+
+
+def document_passages(folder: Path) -> list[Passage]:
     """The .txt and .md files under `folder`, cut into overlapping passages of about CHUNK_WORDS words."""
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in DOCUMENT_SUFFIXES)
+    step = CHUNK_WORDS - CHUNK_OVERLAP
     passages = []
     for path in files:
         try:
@@ -70,11 +78,11 @@ def document_passages(folder: Path) -> list[str]:
             raise EvalError(
                 f"eval.rag_documents: {path} is not UTF-8 text; convert it or remove it"
             ) from None
-        step = CHUNK_WORDS - CHUNK_OVERLAP
+        name = path.relative_to(folder).as_posix()
+        starts = range(0, max(len(words) - CHUNK_OVERLAP, 1), step) if words else range(0)
         passages += [
-            " ".join(words[i : i + CHUNK_WORDS]) for i in range(0, max(len(words) - CHUNK_OVERLAP, 1), step)
+            Passage(f"{name}#{n}", " ".join(words[i : i + CHUNK_WORDS])) for n, i in enumerate(starts)
         ]
-    passages = [p for p in passages if p]
     if not passages:
         raise EvalError(
             f"eval.rag_documents: {folder} holds no .txt or .md text; add documents or remove the key to "
