@@ -161,6 +161,11 @@ def test_report_compares_every_system(completed_run: CompletedRun, chat_dataset)
     html = (completed_run.run_dir.eval / "report.html").read_text(encoding="utf-8")
     assert "<img" in html
     assert "fine-tuned" in html
+    assert "macro_f1 of every system, with 95% intervals" in html
+    assert report["headline"] == "macro_f1"
+    assert report["significance"]["paired_test"]["system"] == "fine_tuned"
+    assert report["significance"]["paired_test"]["against"] in SYSTEMS[:3]
+    assert isinstance(report["overfitting"]["flagged"], bool)
 
 
 def test_model_card_describes_the_run(completed_run: CompletedRun) -> None:

@@ -95,7 +95,10 @@ def compare(run_refs: list[str], registry_url: str | None, output: str) -> int:
                 else "-"
             ]
         size = "" if row["train_examples"] is None else str(row["train_examples"])
-        flat.append([row["run"], row["base_model"], row["method"], size, row["headline"], *cells, *tested])
+        overfit = {True: "yes", False: "no", None: ""}[row["overfitting"]]
+        flat.append(
+            [row["run"], row["base_model"], row["method"], size, row["headline"], *cells, *tested, overfit]
+        )
     if output == "csv":
         import csv
         import sys
@@ -104,13 +107,18 @@ def compare(run_refs: list[str], registry_url: str | None, output: str) -> int:
         writer.writerow(
             [h.replace(" ", "_") for h in header]
             + [f"{s}_{key}" for s in systems for key in ("value", "low", "high")]
-            + ["best_alternative", "fine_tuned_difference", "p_value"]
+            + ["best_alternative", "fine_tuned_difference", "p_value", "overfitting"]
         )
         writer.writerows(flat)
         return 0
     print(
         _table(
-            [*header, *(f"{system_name(s)} (95% CI)" for s in systems), "fine-tuned vs best alternative"],
+            [
+                *header,
+                *(f"{system_name(s)} (95% CI)" for s in systems),
+                "fine-tuned vs best alternative",
+                "overfitting",
+            ],
             flat,
         )
     )
