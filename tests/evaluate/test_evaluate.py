@@ -191,3 +191,12 @@ def test_generation_reports_every_metric_and_ranks_math_by_the_final_number(tiny
         assert metrics["perplexity"] > 1
     low, high = report["significance"]["intervals"]["base_rag"]
     assert low <= report["systems"]["base_rag"]["numeric_match"] <= high
+
+
+def test_every_configurable_system_is_evaluated():
+    from typing import get_args
+
+    from specialize.config import EvalSystem
+    from specialize.evaluate import SYSTEMS
+
+    assert list(SYSTEMS) == list(get_args(EvalSystem))

@@ -179,8 +179,8 @@ def _task(rows: list[dict[str, Any]], labels: list[str] | None, source: Path) ->
             )
     if any("messages" not in r for r in rows):
         raise EvalError(
-            f"{source}: plain-text rows have no question to answer; evaluating continued pre-training is not "
-            "supported yet (use chat rows, or set eval.systems to [] to skip evaluation)"
+            f"{source}: plain-text rows have no question to answer, and evaluating continued pre-training "
+            "(perplexity on held-out text) is not supported yet; evaluate on chat rows"
         )
     return "multiple_choice" if with_choices else "classification" if labels else "generation"
 
