@@ -255,3 +255,24 @@ def test_data_path_given_with_set_is_relative_to_the_working_directory(tmp_path,
     monkeypatch.chdir(tmp_path)
     assert load_config(config_path).data.train == tmp_path / "conf" / "in_conf.jsonl"
     assert load_config(config_path, ["data.train=typed.jsonl"]).data.train == tmp_path / "typed.jsonl"
+
+
+def test_rag_documents_resolve_against_the_config_folder(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "docs").mkdir()
+    path = _write(tmp_path / "run.yaml", "data:\n  train: t.jsonl\neval:\n  rag_documents: docs\n")
+
+    assert load_config(path).eval.rag_documents == tmp_path.resolve() / "docs"
+
+
+def test_missing_rag_documents_folder_is_named_before_anything_runs(tmp_path: pathlib.Path) -> None:
+    path = _write(tmp_path / "run.yaml", "data:\n  train: t.jsonl\neval:\n  rag_documents: nowhere\n")
+
+    message = _error(path)
+
+    assert "eval.rag_documents" in message and "nowhere" in message and "not a folder" in message
+
+
+def test_few_shot_selection_is_checked(tmp_path: pathlib.Path) -> None:
+    path = _write(tmp_path / "run.yaml", "data:\n  train: t.jsonl\neval:\n  few_shot_selection: nearest\n")
+
+    assert "eval.few_shot_selection" in _error(path)

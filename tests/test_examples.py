@@ -24,3 +24,20 @@ def test_shipped_config_is_valid(path):
     train, validation = load_examples(config.data)
     assert len(train) > 100 and validation and len(validation) > 50
     assert {e.label for e in validation} <= {e.label for e in train}
+
+
+BENCHMARK_CONFIGS = sorted(
+    (Path(__file__).resolve().parents[1] / "benchmarks" / "eval_configs").glob("*.yaml")
+)
+
+
+@pytest.mark.parametrize("path", BENCHMARK_CONFIGS, ids=lambda p: p.name)
+def test_benchmark_eval_config_is_valid(path):
+    first_line = path.read_text(encoding="utf-8").splitlines()[0]
+    assert first_line.startswith(f"# specialize run benchmarks/eval_configs/{path.name}")
+    config = load_config(path)
+    assert set(config.eval.systems) >= {"base_rag", "fine_tuned", "fine_tuned_rag"}
+    if not config.data.train.exists():
+        pytest.skip(f"the shared datasets are not next to this checkout ({config.data.train})")
+    train, validation = load_examples(config.data)
+    assert validation and {e.label for e in validation} <= {e.label for e in train}

@@ -14,6 +14,7 @@ _API = {
     "run": "specialize.pipeline",
     "resume": "specialize.pipeline",
     "evaluate_run": "specialize.pipeline",
+    "compare_runs": "specialize.pipeline",
     "prepare_data": "specialize.data",
     "train": "specialize.train",
     "evaluate": "specialize.evaluate",

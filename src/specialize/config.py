@@ -167,7 +167,7 @@ class TrainConfig(_Section):
     early_stopping: EarlyStoppingConfig | None = Field(None, description="null trains for the full length.")
 
 
-EvalSystem = Literal["base_zero_shot", "base_few_shot", "fine_tuned"]
+EvalSystem = Literal["base_zero_shot", "base_few_shot", "base_rag", "fine_tuned", "fine_tuned_rag"]
 
 
 class EvalConfig(_Section):
@@ -175,6 +175,16 @@ class EvalConfig(_Section):
 
     systems: list[EvalSystem] = Field(default_factory=lambda: list(get_args(EvalSystem)))
     few_shot_k: int = Field(3, ge=1, le=16, description="Training examples put in a few-shot prompt.")
+    few_shot_selection: Literal["random", "similarity"] = Field(
+        "random",
+        description="random: one seeded draw for every question; similarity: the most similar (BM25) per question.",
+    )
+    rag_k: int = Field(3, ge=1, le=16, description="Retrieved examples or passages put in a RAG prompt.")
+    rag_documents: Path | None = Field(
+        None,
+        description="Folder of .txt/.md documents the RAG systems retrieve passages from; default: training "
+        "examples as demonstrations.",
+    )
     max_examples: int | None = Field(None, gt=0, description="Evaluate on a seeded sample of this many.")
 
 
@@ -258,6 +268,16 @@ def load_config(path: Path | str | None, overrides: list[str] | None = None) -> 
         data.validation = _relative_to(
             data.validation, Path.cwd() if "data.validation" in typed else base_dir
         )
+    documents = config.eval.rag_documents
+    if documents is not None:
+        documents = config.eval.rag_documents = _relative_to(
+            documents, Path.cwd() if "eval.rag_documents" in typed else base_dir
+        )
+        if not documents.is_dir():
+            raise ConfigError(
+                f"{source}: eval.rag_documents: {documents} is not a folder; give a folder of .txt or .md "
+                "documents, or remove the key to retrieve training examples"
+            )
     return config
 
 

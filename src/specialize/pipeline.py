@@ -14,6 +14,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from specialize.config import RunConfig
 from specialize.data import PreparedData, prepare_run, read_chat_jsonl
@@ -125,9 +126,62 @@ def evaluate_run(
         config.seed,
         on_metrics=lambda system, values: registry.log_metrics(run_dir.id, stage, values, system=system),
         progress=progress,
+        train_dir=run_dir.train,
     )
     registry.add_artifact(run_dir.id, stage, report.report_path)
     return report
+
+
+def compare_runs(runs: list[str], registry_url: str | None = None) -> list[dict[str, Any]]:
+    """One row per run: what was fine-tuned on what, and each system's headline metric with its 95% interval.
+
+    Read from each run's `eval/report.json` and the registry; nothing is recomputed.
+
+    Args:
+        runs: run ids in the registry, or paths of run directories.
+        registry_url: the registry holding the runs (default: the one named in each run's config).
+
+    Returns:
+        Per run: run, base_model, method, train_examples, task, headline, systems ({system: value, low, high}),
+        fine_tuned_vs_best (the paired test, or None) and overfitting (flagged or not, None if unknown).
+
+    Raises:
+        RunNotFoundError: a run is not in the registry, or has not been evaluated.
+    """
+    rows = []
+    for ref in runs:
+        run_dir, config, registry = open_run(ref, registry_url)
+        path = run_dir.eval / "report.json"
+        if not path.exists():
+            raise RunNotFoundError(
+                f"run {run_dir.id} has not been evaluated yet; finish it with `specialize train --resume {run_dir.id}`"
+            )
+        report = json.loads(path.read_text(encoding="utf-8"))
+        significance = report["significance"]
+        data = {m["name"]: m["value"] for m in registry.get_metrics(run_dir.id, "data")}
+        t = config.train
+        method = f"{t.method}, {t.adapter} rank {t.lora.rank}" if t.adapter else f"{t.method}, full"
+        rows.append(
+            {
+                "run": run_dir.id,
+                "base_model": config.base_model,
+                "method": method,
+                "train_examples": int(data["train_examples"]) if "train_examples" in data else None,
+                "task": report["task"],
+                "headline": report["headline"],
+                "systems": {
+                    system: {
+                        "value": metrics[report["headline"]],
+                        "low": significance["intervals"][system][0],
+                        "high": significance["intervals"][system][1],
+                    }
+                    for system, metrics in report["systems"].items()
+                },
+                "fine_tuned_vs_best": significance.get("paired_test"),
+                "overfitting": (report.get("overfitting") or {}).get("flagged"),
+            }
+        )
+    return rows
 
 
 def _train_and_evaluate(
@@ -174,6 +228,7 @@ def _train_and_evaluate(
             config.seed,
             on_metrics=lambda system, values: registry.log_metrics(run_id, "eval", values, system=system),
             progress=progress,
+            train_dir=run_dir.train,
         )
         html = write_html_report(run_dir.root, f"specialize run {run_id}")
         registry.add_artifact(run_id, "report", html)
@@ -194,9 +249,14 @@ def write_model_card(
     run_dir: RunDir, config: RunConfig, data: PreparedData, trained: TrainResult, report: EvalReport
 ) -> None:
     """`model_card.md`: base model, data hashes, method, hyperparameters, metrics and lineage."""
-    from specialize.evaluate.report import comparison_rows
+    from specialize.evaluate.overfitting import describe
+    from specialize.evaluate.report import comparison_rows, paired_test_line
 
-    header, rows = comparison_rows({"task": report.task, "systems": report.metrics})
+    written = json.loads(report.report_path.read_text(encoding="utf-8"))
+    header, rows = comparison_rows(written)
+    findings = "\n".join(
+        f"\n{line}" for line in (paired_test_line(written), describe(written["overfitting"])) if line
+    )
     table = "\n".join(
         ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         + ["| " + " | ".join(r) + " |" for r in rows]
@@ -227,6 +287,7 @@ Fine-tuned by specialize from **{config.base_model}**.
 
 ## Evaluation ({report.n_examples} validation examples)
 {table}
+{findings}
 
 ## Lineage
 - parent run: none

@@ -24,7 +24,13 @@ def test_eval_on_a_new_file_is_recorded(run_config, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "6 examples, classification" in out and "fine-tuned" in out
     rows = registry.get_metrics(run["id"], "eval:heldout")
-    assert {r["system"] for r in rows} == {"base_zero_shot", "base_few_shot", "fine_tuned"}
+    assert {r["system"] for r in rows} == {
+        "base_zero_shot",
+        "base_few_shot",
+        "base_rag",
+        "fine_tuned",
+        "fine_tuned_rag",
+    }
     assert (config.runs_dir / run["id"] / "eval" / "heldout" / "report.json").exists()
     assert registry.get_run(run["id"])["status"] == "completed"
 

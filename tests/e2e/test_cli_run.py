@@ -25,7 +25,8 @@ from specialize.config import EvalConfig, RunConfig, load_config
 from specialize.errors import ConfigError
 from specialize.runs import RunDir
 
-SYSTEMS = ("base_zero_shot", "base_few_shot", "fine_tuned")
+SYSTEMS = ("base_zero_shot", "base_few_shot", "base_rag", "fine_tuned", "fine_tuned_rag")
+SYSTEM_ROWS = ("base, zero-shot", "base, few-shot", "base, RAG", "fine-tuned", "fine-tuned, RAG")
 ARTIFACT_KINDS = {"train_split", "validation_split", "rejects", "audit", "adapter", "report", "model_card"}
 
 
@@ -59,14 +60,15 @@ def test_run_exits_zero_and_prints_the_comparison(completed_run: CompletedRun) -
     assert f"run {completed_run.run_dir.id}: 8 validation examples, classification" in out
     table = out.splitlines()
     (header,) = [line for line in table if line.startswith("system")]
-    assert "accuracy" in header and "macro_f1" in header and "95% CI" in header
-    for row_name in ("base, zero-shot", "base, few-shot", "fine-tuned"):
-        pattern = re.escape(row_name) + r"(\s+\d\.\d{3}){4}\s+(\d\.\d{3})-(\d\.\d{3})\s*"
+    assert "accuracy" in header and "macro_f1" in header and "micro_f1" in header and "95% CI" in header
+    for row_name in SYSTEM_ROWS:
+        pattern = re.escape(row_name) + r"(\s+\d\.\d{3}){5}\s+(\d\.\d{3})-(\d\.\d{3})\s*"
         (row,) = [line for line in table if re.fullmatch(pattern, line)]
         values = row[len(row_name) :].replace("-", " ").split()
         assert all(0 <= float(v) <= 1 for v in values)
         assert float(values[-2]) <= float(values[-1]), "an interval runs from low to high"
-    assert re.search(r"fine-tuned vs .*paired bootstrap p=\d\.\d{3}", out)
+    assert re.search(r"fine-tuned vs the best alternative, base, .*paired bootstrap p=\d\.\d{3}", out)
+    assert re.search(r"(no sign of overfitting|may be overfitting): validation loss \d", out)
     assert str(completed_run.run_dir.eval / "report.html") in out
     assert str(completed_run.run_dir.model_card) in out
     assert "Traceback" not in completed_run.err
@@ -126,7 +128,7 @@ def test_training_metrics_are_finite(completed_run: CompletedRun) -> None:
     assert all(r["tokens"] > 0 and r["tokens_per_second"] > 0 for r in rows)
 
 
-def test_report_compares_three_systems(completed_run: CompletedRun, chat_dataset) -> None:
+def test_report_compares_every_system(completed_run: CompletedRun, chat_dataset) -> None:
     report = json.loads((completed_run.run_dir.eval / "report.json").read_text(encoding="utf-8"))
 
     assert report["task"] == "classification"
@@ -142,6 +144,11 @@ def test_report_compares_three_systems(completed_run: CompletedRun, chat_dataset
     html = (completed_run.run_dir.eval / "report.html").read_text(encoding="utf-8")
     assert "<img" in html
     assert "fine-tuned" in html
+    assert "macro_f1 of every system, with 95% intervals" in html
+    assert report["headline"] == "macro_f1"
+    assert report["significance"]["paired_test"]["system"] == "fine_tuned"
+    assert report["significance"]["paired_test"]["against"] in SYSTEMS[:3]
+    assert isinstance(report["overfitting"]["flagged"], bool)
 
 
 def test_model_card_describes_the_run(completed_run: CompletedRun) -> None:
@@ -151,8 +158,9 @@ def test_model_card_describes_the_run(completed_run: CompletedRun) -> None:
     assert completed_run.config.base_model in card
     for heading in ("## Data", "## Training", "## Evaluation", "## Lineage"):
         assert heading in card
-    for row_name in ("base, zero-shot", "base, few-shot", "fine-tuned"):
+    for row_name in SYSTEM_ROWS:
         assert f"| {row_name} |" in card
+    assert "overfitting" in card
     train_sha = hashlib.sha256((completed_run.run_dir.data / "train.jsonl").read_bytes()).hexdigest()
     assert train_sha in card
 

@@ -49,3 +49,27 @@ def test_observed_difference_is_the_plain_score_difference():
         - classification_metrics(gold, weak, LABELS)["macro_f1"]
     )
     assert abs(test["difference"] - expected) < 1e-9
+
+
+def test_the_fine_tuned_model_is_tested_against_the_best_alternative():
+    gold = _gold(60)
+    weak, better, tuned = ["a"] * 60, [g if i % 4 else "a" for i, g in enumerate(gold)], list(gold)
+    systems = {"base_zero_shot": weak, "base_rag": better, "fine_tuned": tuned, "fine_tuned_rag": weak}
+
+    test = compare_systems(gold, systems, LABELS, seed=0)["paired_test"]
+
+    assert (test["system"], test["against"]) == ("fine_tuned", "base_rag")
+    f1 = {s: classification_metrics(gold, p, LABELS)["macro_f1"] for s, p in systems.items()}
+    assert abs(test["difference"] - (f1["fine_tuned"] - f1["base_rag"])) < 1e-9
+
+
+def test_per_example_scores_are_compared_by_their_mean():
+    zero_shot, few_shot = [1.0, 0.0, 0.0, 0.0] * 10, [1.0, 1.0, 0.0, 0.0] * 10
+    out = compare_systems(
+        None, {"base_zero_shot": zero_shot, "base_few_shot": few_shot, "fine_tuned": few_shot}, None, 0
+    )
+
+    assert out["paired_test"]["against"] == "base_few_shot"
+    assert out["paired_test"]["difference"] == 0.0 and out["paired_test"]["p_value"] == 1.0
+    low, high = out["intervals"]["base_zero_shot"]
+    assert low < 0.25 < high

@@ -33,15 +33,16 @@ def _print_comparison(result: Any) -> None:
 
 def _print_report(title: str, report_path: Path, noun: str = "examples") -> None:
     """The system-by-metric table, the paired test and where the report is."""
+    from specialize.evaluate.overfitting import describe
     from specialize.evaluate.report import comparison_rows, paired_test_line
 
     report = json.loads(report_path.read_text(encoding="utf-8"))
     header, rows = comparison_rows(report)
     print(f"\n{title}: {report['n_examples']} {noun}, {report['task']}")
     print(_table(header, rows))
-    line = paired_test_line(report)
-    if line:
-        print(f"\n{line}")
+    findings = [line for line in (paired_test_line(report), describe(report.get("overfitting"))) if line]
+    if findings:
+        print("\n" + "\n".join(findings))
     html = report_path.with_suffix(".html")
     print(f"report: {html if html.exists() else report_path}")
 
@@ -67,6 +68,69 @@ def export(
     from specialize.deploy import export_run
 
     print(export_run(run_ref, fmt, out, registry_url, force=force, dtype=dtype))
+    return 0
+
+
+def compare(run_refs: list[str], registry_url: str | None, output: str) -> int:
+    from specialize.evaluate.report import system_name
+    from specialize.pipeline import compare_runs
+
+    rows = compare_runs(run_refs, registry_url)
+    if output == "json":
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return 0
+    systems = list(dict.fromkeys(s for row in rows for s in row["systems"]))
+    header = ["run", "base model", "method", "train examples", "metric"]
+    flat = []
+    for row in rows:
+        test = row["fine_tuned_vs_best"]
+        values = {s: row["systems"].get(s) for s in systems}
+        if output == "csv":
+            cells = [
+                f"{v[key]:.4f}" if v else "" for v in values.values() for key in ("value", "low", "high")
+            ]
+            tested = (
+                [test["against"], f"{test['difference']:.4f}", f"{test['p_value']:.4f}"]
+                if test
+                else ["", "", ""]
+            )
+        else:
+            cells = [
+                f"{v['value']:.3f} ({v['low']:.3f}-{v['high']:.3f})" if v else "-" for v in values.values()
+            ]
+            tested = [
+                f"{test['difference']:+.3f} vs {system_name(test['against'])} (p={test['p_value']:.3f})"
+                if test
+                else "-"
+            ]
+        size = "" if row["train_examples"] is None else str(row["train_examples"])
+        overfit = {True: "yes", False: "no", None: ""}[row["overfitting"]]
+        flat.append(
+            [row["run"], row["base_model"], row["method"], size, row["headline"], *cells, *tested, overfit]
+        )
+    if output == "csv":
+        import csv
+        import sys
+
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(
+            [h.replace(" ", "_") for h in header]
+            + [f"{s}_{key}" for s in systems for key in ("value", "low", "high")]
+            + ["best_alternative", "fine_tuned_difference", "p_value", "overfitting"]
+        )
+        writer.writerows(flat)
+        return 0
+    print(
+        _table(
+            [
+                *header,
+                *(f"{system_name(s)} (95% CI)" for s in systems),
+                "fine-tuned vs best alternative",
+                "overfitting",
+            ],
+            flat,
+        )
+    )
     return 0
 
 

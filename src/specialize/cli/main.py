@@ -61,6 +61,13 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     x.add_argument("--registry", help="SQLAlchemy URL of the registry holding the run")
 
+    c = sub.add_parser(
+        "compare", help="compare evaluated runs: each system's headline metric with its interval"
+    )
+    c.add_argument("runs", nargs="+", metavar="RUN", help="run ids, or paths of run directories")
+    c.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
+    c.add_argument("--registry", help="SQLAlchemy URL of the registry holding the runs")
+
     models = sub.add_parser("models", help="the base model catalogue").add_subparsers(
         dest="action", required=True
     )
@@ -170,6 +177,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return commands.eval_run(args.run, args.data, args.registry, progress=not args.quiet)
     if args.command == "export":
         return commands.export(args.run, args.format, args.out, args.registry, args.force, args.dtype)
+    if args.command == "compare":
+        return commands.compare(args.runs, args.registry, args.format)
     if args.command == "models":
         return commands.models_list() if args.action == "list" else commands.models_pull(args.name)
     if args.command == "runs":

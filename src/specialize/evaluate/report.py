@@ -13,44 +13,54 @@ import json
 from pathlib import Path
 from typing import Any
 
+from specialize.evaluate.overfitting import describe
 from specialize.runs import write_atomic
 
 SYSTEM_NAMES = {
     "base_zero_shot": "base, zero-shot",
     "base_few_shot": "base, few-shot",
+    "base_rag": "base, RAG",
     "fine_tuned": "fine-tuned",
+    "fine_tuned_rag": "fine-tuned, RAG",
 }
-HEADLINE_CI = {"classification": "macro_f1", "generation": "exact_match"}
 TABLE_METRICS = {
-    "classification": ["accuracy", "macro_precision", "macro_recall", "macro_f1"],
-    "generation": ["exact_match", "perplexity"],
+    "classification": ["accuracy", "macro_precision", "macro_recall", "macro_f1", "micro_f1"],
+    "multiple_choice": ["accuracy"],
+    "generation": ["exact_match", "numeric_match", "rouge_l", "bleu", "perplexity"],
 }
+
+
+def system_name(system: str) -> str:
+    """How a system is called in tables and plots."""
+    return SYSTEM_NAMES.get(system, system)
 
 
 def comparison_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the system-by-metric table, shared by the terminal and the HTML report."""
-    names = TABLE_METRICS[report["task"]]
+    first: dict[str, Any] = next(iter(report["systems"].values()), {})
+    names = [name for name in TABLE_METRICS[report["task"]] if name in first]
     intervals = report.get("significance", {}).get("intervals", {})
     rows = [
         [
-            SYSTEM_NAMES.get(system, system),
+            system_name(system),
             *(f"{m[name]:.3f}" for name in names),
             *([f"{intervals[system][0]:.3f}-{intervals[system][1]:.3f}"] if intervals else []),
         ]
         for system, m in report["systems"].items()
     ]
-    return ["system", *names, *([f"{HEADLINE_CI[report['task']]} 95% CI"] if intervals else [])], rows
+    return ["system", *names, *([f"{report['headline']} 95% CI"] if intervals else [])], rows
 
 
 def paired_test_line(report: dict[str, Any]) -> str | None:
-    """One sentence on whether the fine-tuned model's lead is more than resampling noise."""
+    """One sentence on whether the fine-tuned model's lead over the best alternative is more than noise."""
     test = report.get("significance", {}).get("paired_test")
     if not test:
         return None
     low, high = test["interval"]
     return (
-        f"fine-tuned vs {SYSTEM_NAMES.get(test['against'], test['against'])}: {test['difference']:+.3f} "
-        f"{HEADLINE_CI[report['task']]} (95% CI {low:+.3f} to {high:+.3f}, paired bootstrap p={test['p_value']:.3f})"
+        f"{system_name(test['system'])} vs the best alternative, {system_name(test['against'])}: "
+        f"{test['difference']:+.3f} {report['headline']} (95% CI {low:+.3f} to {high:+.3f}, paired bootstrap "
+        f"p={test['p_value']:.3f})"
     )
 
 
@@ -63,7 +73,13 @@ def write_html_report(run_root: Path, title: str) -> Path:
         f"<p>{report['n_examples']} validation examples, task: {report['task']}.</p>",
         _table(header, rows),
         f"<p>{html.escape(paired_test_line(report) or '')}</p>",
+        f"<p>{html.escape(describe(report.get('overfitting')) or '')}</p>",
     ]
+    if report.get("significance", {}).get("intervals"):
+        parts += [
+            f"<h2>{html.escape(report['headline'])} of every system, with 95% intervals</h2>",
+            _img(_bars(report)),
+        ]
     metrics_file = run_root / "train" / "metrics.jsonl"
     if metrics_file.exists():
         points = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
@@ -76,7 +92,7 @@ def write_html_report(run_root: Path, title: str) -> Path:
     if report["task"] == "classification":
         parts.append("<h2>Confusion matrices (rows: gold, columns: predicted)</h2>")
         parts += [
-            _img(_confusion_plot(SYSTEM_NAMES.get(s, s), m["confusion_matrix"], report["labels"]))
+            _img(_confusion_plot(system_name(s), m["confusion_matrix"], report["labels"]))
             for s, m in report["systems"].items()
         ]
         parts += ["<h2>Per-class F1</h2>", _per_class_table(report)]
@@ -104,7 +120,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 def _per_class_table(report: dict[str, Any]) -> str:
     systems = list(report["systems"])
-    header = ["label", "support", *(SYSTEM_NAMES.get(s, s) for s in systems)]
+    header = ["label", "support", *(system_name(s) for s in systems)]
     first = report["systems"][systems[0]]
     rows = [
         [
@@ -140,6 +156,24 @@ def _loss_plot(points: list[dict[str, Any]]) -> bytes:
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
     ax.legend()
+    return _png(fig)
+
+
+def _bars(report: dict[str, Any]) -> bytes:
+    """The headline metric of each system as a bar, its bootstrap interval as an error bar."""
+    plt = _figure()
+    systems = list(report["systems"])
+    values = [report["systems"][s][report["headline"]] for s in systems]
+    intervals = report["significance"]["intervals"]
+    below = [max(v - intervals[s][0], 0.0) for s, v in zip(systems, values, strict=True)]
+    above = [max(intervals[s][1] - v, 0.0) for s, v in zip(systems, values, strict=True)]
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(systems) + 1.2))
+    colours = ["#d62728" if s.startswith("fine_tuned") else "#1f77b4" for s in systems]
+    ax.barh([system_name(s) for s in systems], values, xerr=[below, above], color=colours, capsize=4)
+    ax.invert_yaxis()  # first system on top, as in the table
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(report["headline"])
+    ax.grid(axis="x", alpha=0.3)
     return _png(fig)
 
 
