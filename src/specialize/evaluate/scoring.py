@@ -124,22 +124,6 @@ def _add_continuations(
             scores[row][label] += logp[row, q, target].item()
 
 
-def generate_answer(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int) -> str:
-    """Greedy answer to a prompt, up to the end-of-turn token."""
-    import torch
-
-    enc = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
-    with torch.no_grad():
-        out = model.generate(
-            **enc,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    return tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip()
-
-
 def answer_loss(model: Any, tokenizer: Any, prompt: str, answer: str) -> tuple[float, int]:
     """Summed cross-entropy of the reference `answer` after `prompt`, and its token count."""
     import torch

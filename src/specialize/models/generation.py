@@ -177,19 +177,21 @@ def generate_batch(
     model: Any,
     tokenizer: Any,
     prompts: Sequence[str],
-    max_new_tokens: int,
+    max_new_tokens: int | Sequence[int],
     batch_size: int = 16,
     progress: Any = None,
 ) -> list[str]:
     """Greedy answers to `prompts` (rendered chat prompts), each up to its end-of-turn token.
 
-    Keeps `batch_size` rows decoding: a finished row's place goes to the next prompt at once, so short answers
-    never wait for long ones. `progress`, if given, is called with the number of answers just finished.
+    `max_new_tokens` is one budget for all or one per prompt. Keeps `batch_size` rows decoding: a finished row's
+    place goes to the next prompt at once, so short answers never wait for long ones. `progress`, if given, is
+    called with the number of answers just finished.
     """
+    budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
     stop = {tokenizer.eos_token_id}
     queue = [
-        Row(tokenizer(p, add_special_tokens=False)["input_ids"], Sampling(max_new_tokens), tag=i)
-        for i, p in enumerate(prompts)
+        Row(tokenizer(p, add_special_tokens=False)["input_ids"], Sampling(b), tag=i)
+        for i, (p, b) in enumerate(zip(prompts, budgets, strict=True))
     ]
     queue.reverse()
     answers: list[str] = [""] * len(prompts)
@@ -198,7 +200,9 @@ def generate_batch(
         batch.add([queue.pop() for _ in range(min(batch_size - len(batch), len(queue)))])
         batch.step()
         done = [
-            i for i, r in enumerate(batch.rows) if r.tokens[-1] in stop or len(r.tokens) >= max_new_tokens
+            i
+            for i, r in enumerate(batch.rows)
+            if r.tokens[-1] in stop or len(r.tokens) >= r.sampling.max_tokens
         ]
         for row in batch.remove(done):
             answers[row.tag] = tokenizer.decode(row.tokens, skip_special_tokens=True).strip()
