@@ -64,9 +64,15 @@ class DecodeBatch:
         return len(self.rows)
 
     def add(self, rows: Sequence[Row]) -> None:
-        """Pre-fill `rows` together and merge them into the batch; their first token is ready for `step`."""
-        if not rows:
-            return
+        """Pre-fill `rows` and merge them into the batch; their first token is ready for `step`.
+
+        Rows of similar length are pre-filled together, others apart: pre-filling is compute-bound, and padding a
+        40-token prompt to the length of a 400-token one in the same forward pass would multiply its cost.
+        """
+        for group in _similar_lengths(rows):
+            self._add_group(group)
+
+    def _add_group(self, rows: Sequence[Row]) -> None:
         for row in rows:
             if row.sampling.temperature > 0:
                 row.generator = torch.Generator().manual_seed(
@@ -134,6 +140,20 @@ class DecodeBatch:
                 **extra,
             )
         return out.logits[:, -1].float()
+
+
+def _similar_lengths(rows: Sequence[Row], waste: float = 0.2) -> list[list[Row]]:
+    """Rows grouped by prompt length so that padding adds at most `waste` to a group's tokens."""
+    groups: list[list[Row]] = []
+    for row in sorted(rows, key=lambda r: len(r.prompt)):
+        group = groups[-1] if groups else None
+        if group and len(row.prompt) * (len(group) + 1) <= (1 + waste) * (
+            sum(len(r.prompt) for r in group) + len(row.prompt)
+        ):
+            group.append(row)
+        else:
+            groups.append([row])
+    return groups
 
 
 def _merge(
