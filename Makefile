@@ -35,6 +35,8 @@ check: $(DEV)
 bench: $(DEV)
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/eval_throughput.py
+	$(BIN)/python benchmarks/serve_throughput.py
 
 clean:
 	rm -rf $(VENV) runs
