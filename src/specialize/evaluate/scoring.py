@@ -36,7 +36,7 @@ class SharedPrefix:
         self.cache = None
         if n > 0:
             with torch.no_grad():
-                self.cache = model(input_ids=torch.tensor([self.ids]), use_cache=True).past_key_values
+                self.cache = model(input_ids=torch.tensor([self.ids]), use_cache=True).cache
 
     def expanded(self, rows: int) -> Any:
         """A copy of the prefix cache for `rows` prompts (None when there is no shared prefix)."""
@@ -76,7 +76,7 @@ def score_labels(
         last = out.last_hidden_state[torch.arange(len(prompts)), torch.tensor(lengths) - 1]
         first = head(last).float().log_softmax(-1)
         scores = [[first[row, c[0]].item() for c in label_ids] for row in range(len(prompts))]
-        _add_continuations(decoder, head, out.past_key_values, mask, lengths, n, label_ids, scores)
+        _add_continuations(decoder, head, out.cache, mask, lengths, n, label_ids, scores)
     return scores
 
 

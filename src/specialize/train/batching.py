@@ -85,7 +85,7 @@ def summed_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tenso
     n = int(batch.get("shared_prefix", 0))
     if n:
         rows = batch["input_ids"].shape[0]
-        cache = decoder(input_ids=batch["input_ids"][:1, :n], use_cache=True).past_key_values
+        cache = decoder(input_ids=batch["input_ids"][:1, :n], use_cache=True).cache
         cache.batch_repeat_interleave(rows)
         hidden = decoder(
             input_ids=batch["input_ids"][:, n:],
