@@ -136,8 +136,9 @@ class Engine:
         for request in list(self._waiting):
             if len(admitted) == room:
                 break
-            if request.cancelled.is_set():
+            if request.cancelled.is_set():  # its client left while it waited
                 self._waiting.remove(request)
+                request.sink(Done("cancelled", "", len(request.prompt), 0))
                 continue
             if not self._compatible(request, admitted):
                 continue
@@ -224,7 +225,8 @@ class Engine:
 
 def _settled(text: str, stops: tuple[str, ...]) -> int:
     """How much of `text` can be sent: not a trailing partial character nor a possible start of a stop sequence."""
-    end = len(text.rstrip("\ufffd"))
+    # An incomplete UTF-8 character decodes as up to three replacement characters; more are really in the text.
+    end = max(len(text.rstrip("\ufffd")), len(text) - 3)
     for stop in stops:
         for k in range(min(len(stop) - 1, end), 0, -1):
             if text[:end].endswith(stop[:k]):
