@@ -23,6 +23,8 @@ import os
 import time
 from pathlib import Path
 
+from generate_loop import generate_one
+
 DATA = Path(
     os.environ.get("SPECIALIZE_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets")
 )
@@ -34,21 +36,10 @@ def rows(name: str, n: int) -> list[dict]:
 
 
 def loop_generate(model, tokenizer, prompts: list[str], budgets: list[int]) -> list[str]:
-    import torch
-
-    out = []
-    for prompt, budget in zip(prompts, budgets, strict=True):
-        enc = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
-        with torch.no_grad():
-            ids = model.generate(
-                **enc,
-                max_new_tokens=budget,
-                do_sample=False,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        out.append(tokenizer.decode(ids[0, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip())
-    return out
+    return [
+        tokenizer.decode(generate_one(model, tokenizer, p, b), skip_special_tokens=True).strip()
+        for p, b in zip(prompts, budgets, strict=True)
+    ]
 
 
 def timed(fn, *args):

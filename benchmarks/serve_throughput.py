@@ -33,6 +33,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from generate_loop import generate_one
+
 DATA = Path(
     os.environ.get("SPECIALIZE_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets")
 )
@@ -47,7 +49,6 @@ def user_turns(n: int, split: str) -> list[list[dict[str, str]]]:
 
 def sequential(model_path: Path, conversations: list, max_tokens: int) -> tuple[int, float]:
     """Completion tokens and seconds of a plain one-prompt-at-a-time `generate` loop."""
-    import torch
 
     from specialize.data import render_prompt
     from specialize.models import load_model
@@ -56,16 +57,7 @@ def sequential(model_path: Path, conversations: list, max_tokens: int) -> tuple[
     model.eval()
     tokens, started = 0, time.perf_counter()
     for messages in conversations:
-        enc = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False, return_tensors="pt")
-        with torch.no_grad():
-            out = model.generate(
-                **enc,
-                max_new_tokens=max_tokens,
-                do_sample=False,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        new = out[0, enc["input_ids"].shape[1] :].tolist()
+        new = generate_one(model, tokenizer, render_prompt(tokenizer, messages), max_tokens)
         tokens += len([t for t in new if t != tokenizer.eos_token_id])
     return tokens, time.perf_counter() - started
 
