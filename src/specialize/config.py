@@ -186,6 +186,11 @@ class EvalConfig(_Section):
         "examples as demonstrations.",
     )
     max_examples: int | None = Field(None, gt=0, description="Evaluate on a seeded sample of this many.")
+    free_answers: bool = Field(
+        False,
+        description="Classification: also let each system answer freely and report how often the answer is no "
+        "label at all (invalid_answer_rate) and the accuracy of the free answers.",
+    )
 
 
 class RunConfig(_Section):

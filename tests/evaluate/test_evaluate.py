@@ -200,3 +200,12 @@ def test_every_configurable_system_is_evaluated():
     from specialize.evaluate import SYSTEMS
 
     assert list(SYSTEMS) == list(get_args(EvalSystem))
+
+
+def test_free_answers_report_how_often_no_label_is_named(tiny_model_dir, splits, tmp_path):
+    report = _evaluate(tiny_model_dir, splits, tmp_path, systems=["base_zero_shot"], free_answers=True)
+    metrics = report.metrics["base_zero_shot"]
+    # the tiny random model answers gibberish: no free answer names a label, while label scoring still picks one
+    assert len(metrics["free_answers"]) == 5
+    assert metrics["invalid_answer_rate"] == 1.0 and metrics["free_accuracy"] == 0.0
+    assert set(metrics["predictions"]) <= set(LABELS)

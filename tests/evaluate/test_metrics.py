@@ -68,3 +68,10 @@ def test_per_example_scores_average_to_the_headline():
 
     assert scores == [1.0, 0.0, 1.0]
     assert sum(scores) / 3 == pytest.approx(generation_metrics(gold, predicted, 0.0, 1)["numeric_match"])
+
+
+def test_free_answers_count_as_a_label_only_when_they_name_one():
+    from specialize.evaluate.metrics import free_answer_metrics
+
+    got = free_answer_metrics(["a", "b", "c", "a"], ["A.", " b ", "it is c", "banana"], LABELS)
+    assert got == {"invalid_answer_rate": 0.5, "free_accuracy": 0.5}

@@ -131,6 +131,8 @@ def evaluate(
                 results[system] = _run_system(
                     system, use, tokenizer, rows, system_prompts, task, labels, progress
                 )
+                if config.free_answers and task == "classification" and labels:
+                    results[system].update(_free_answers(use, tokenizer, rows, system_prompts, labels))
             done[(on_tuned, tuple(system_prompts))] = system
         if kind is not None:
             results[system]["context"] = sources
@@ -250,6 +252,18 @@ class _SystemPrompts:
             prompts.append(prompt)
             sources.append([item.source if passages else str(item.get("source", "")) for item in used])
         return prompts, sources
+
+
+def _free_answers(
+    model: Any, tokenizer: Any, rows: list[dict[str, Any]], prompts: list[str], labels: list[str]
+) -> dict[str, Any]:
+    """Answers decoded freely (greedy, batched) next to the label-scored ones, and how many name no label."""
+    from specialize.evaluate.metrics import free_answer_metrics
+    from specialize.models.generation import generate_batch
+
+    budget = max(len(tokenizer(label)["input_ids"]) for label in labels) + 4
+    answers = generate_batch(model, tokenizer, prompts, budget, batch_size=GENERATE_BATCH)
+    return {**free_answer_metrics([r["label"] for r in rows], answers, labels), "free_answers": answers}
 
 
 def _run_system(

@@ -38,6 +38,19 @@ def classification_metrics(gold: list[str], predicted: list[str], labels: list[s
     return out
 
 
+def free_answer_metrics(gold: list[str], answers: list[str], labels: list[str]) -> dict[str, float]:
+    """How free-form answers fare against the label set: the share that names no label, and their accuracy.
+
+    An answer counts as a label when it equals one after normalisation (case, outer punctuation, spacing).
+    """
+    by_norm = {normalise_answer(label): label for label in labels}
+    matched = [by_norm.get(normalise_answer(a)) for a in answers]
+    return {
+        "invalid_answer_rate": sum(m is None for m in matched) / len(answers),
+        "free_accuracy": sum(m == g for m, g in zip(matched, gold, strict=True)) / len(answers),
+    }
+
+
 def normalise_answer(text: str) -> str:
     """Case, surrounding punctuation and runs of whitespace do not change an answer."""
     return " ".join(text.lower().strip().strip(".!?;:").split())

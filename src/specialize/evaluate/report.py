@@ -24,7 +24,14 @@ SYSTEM_NAMES = {
     "fine_tuned_rag": "fine-tuned, RAG",
 }
 TABLE_METRICS = {
-    "classification": ["accuracy", "macro_precision", "macro_recall", "macro_f1", "micro_f1"],
+    "classification": [
+        "accuracy",
+        "macro_precision",
+        "macro_recall",
+        "macro_f1",
+        "micro_f1",
+        "invalid_answer_rate",
+    ],
     "multiple_choice": ["accuracy"],
     "generation": ["exact_match", "numeric_match", "rouge_l", "bleu", "perplexity"],
 }
