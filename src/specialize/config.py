@@ -193,6 +193,15 @@ class EvalConfig(_Section):
     )
 
 
+class FineTuningJobRecord(_Section):
+    """The API fine-tuning job (`POST /v1/fine_tuning/jobs` of `specialize serve`) a run was made for."""
+
+    id: str
+    fine_tuned_model: str = Field(
+        description="Model id the server answers for the run: ft:<base>:<suffix>:<job>."
+    )
+
+
 class RunConfig(_Section):
     """Everything one run needs; each stage receives only its own section."""
 
@@ -204,6 +213,9 @@ class RunConfig(_Section):
     data: DataConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    fine_tuning_job: FineTuningJobRecord | None = Field(
+        None, description="Set by the server for a job's run."
+    )
 
     @model_validator(mode="after")
     def _few_shot_needs_examples(self) -> RunConfig:

@@ -134,6 +134,43 @@ def compare(run_refs: list[str], registry_url: str | None, output: str) -> int:
     return 0
 
 
+def parity(run_ref: str, reference: Path, registry_url: str | None, as_json: bool) -> int:
+    from specialize.evaluate.parity import compare_parity
+
+    report = compare_parity(run_ref, reference, registry_url)
+    if as_json:
+        doc = {
+            "run": report.run_id,
+            "reference": str(report.reference),
+            "task": report.task,
+            "n_examples": report.n_examples,
+            "metrics": report.metrics,
+            "held_out": report.held_out,
+            "report": str(report.report_path),
+        }
+        print(json.dumps(doc, indent=2))
+        return 0
+    names = list(report.metrics) + [m for m in report.held_out if m not in report.metrics]
+    rows = [
+        [
+            name,
+            f"{report.metrics[name]:.3f}" if name in report.metrics else "-",
+            f"{report.held_out[name]:.3f}" if name in report.held_out else "-",
+        ]
+        for name in names
+    ]
+    print(
+        f"\nparity of run {report.run_id} with {report.reference}: {report.n_examples} recorded exchanges, {report.task}"
+    )
+    print(_table(["metric", "vs recorded answers", "held-out evaluation"], rows))
+    if "label_accuracy" in report.metrics and "accuracy" in report.held_out:
+        print(
+            "label_accuracy compares with the recorded labels; accuracy, with the gold labels of the validation split"
+        )
+    print(f"answers: {report.report_path}")
+    return 0
+
+
 def models_list() -> int:
     from specialize.models import list_models
 
@@ -293,6 +330,9 @@ def serve(args: Any) -> int:
             max_batch=args.max_batch,
             max_adapters=args.max_adapters,
             max_tokens=args.max_tokens,
+            runs_dir=args.runs_dir,
+            fine_tune_config=args.fine_tune_config,
+            max_upload_mb=args.max_upload_mb,
         )
     )
     return 0

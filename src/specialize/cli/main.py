@@ -68,6 +68,21 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
     c.add_argument("--registry", help="SQLAlchemy URL of the registry holding the runs")
 
+    par = sub.add_parser(
+        "parity",
+        help="how close a fine-tuned run comes to the model it replaces, on that model's recorded answers",
+    )
+    par.add_argument("run", metavar="RUN", help="run id, or the path of a run directory")
+    par.add_argument(
+        "--reference",
+        required=True,
+        type=Path,
+        metavar="FILE",
+        help="chat JSONL of recorded exchanges, each ending with the replaced model's answer",
+    )
+    par.add_argument("--json", action="store_true", help="print the report as JSON")
+    par.add_argument("--registry", help="SQLAlchemy URL of the registry holding the run")
+
     models = sub.add_parser("models", help="the base model catalogue").add_subparsers(
         dest="action", required=True
     )
@@ -99,6 +114,19 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--max-adapters", type=int, default=4, help="adapters kept in memory (default 4)")
     s.add_argument(
         "--max-tokens", type=int, default=512, help="most tokens one completion may ask (default 512)"
+    )
+    s.add_argument(
+        "--runs-dir",
+        help="where fine-tuning jobs' runs and uploaded files go (default: the registry's folder, else runs/)",
+    )
+    s.add_argument(
+        "--fine-tune-config",
+        metavar="YAML",
+        help="run config that fine-tuning jobs start from (train:, eval:, data: settings); the job sets "
+        "the files, base model, seed and hyperparameters",
+    )
+    s.add_argument(
+        "--max-upload-mb", type=int, default=512, help="largest training file accepted (default 512 MB)"
     )
 
     keys = sub.add_parser("keys", help="API keys of the server").add_subparsers(dest="action", required=True)
@@ -179,6 +207,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return commands.export(args.run, args.format, args.out, args.registry, args.force, args.dtype)
     if args.command == "compare":
         return commands.compare(args.runs, args.registry, args.format)
+    if args.command == "parity":
+        return commands.parity(args.run, args.reference, args.registry, args.json)
     if args.command == "models":
         return commands.models_list() if args.action == "list" else commands.models_pull(args.name)
     if args.command == "runs":

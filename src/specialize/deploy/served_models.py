@@ -1,11 +1,15 @@
 """Which models a server answers for: its base model and every finished run fine-tuned from it.
 
+A run made by a fine-tuning job is also answered for by the job's model id (`ft:<base>:<suffix>:<job>`), which
+its config records.
+
 A run finished after the server started is found on its first request: a model id the server does not know is
 looked up in the registry again before it is refused.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -46,8 +50,7 @@ class ServedModels:
         self._lock = threading.Lock()
         if runs:
             for run_id in runs:
-                model = self._from_run(self._registry.get_run(run_id))
-                if model is None:
+                if not self._from_run(self._registry.get_run(run_id)):
                     raise NotFoundError(
                         f"run {run_id!r} cannot be served on {base_name}: it is not finished, has no adapter "
                         f"(a full fine-tune: export it with `specialize export {run_id} --format merged` and "
@@ -57,12 +60,10 @@ class ServedModels:
 
     def refresh(self) -> None:
         """Add every servable run in the registry (or in the `runs` the server was started with)."""
-        found = {}
+        found: dict[str, ServedModel] = {}
         for run in self._registry.list_runs():
             if self._only is None or run["id"] in self._only:
-                model = self._from_run(run)
-                if model is not None:
-                    found[model.id] = model
+                found.update((model.id, model) for model in self._from_run(run))
         with self._lock:
             self._models.update(found)
 
@@ -84,21 +85,24 @@ class ServedModels:
         with self._lock:
             return list(self._models.values())
 
-    def _from_run(self, run: dict[str, Any]) -> ServedModel | None:
+    def _from_run(self, run: dict[str, Any]) -> tuple[ServedModel, ...]:
+        """The model ids a run is served as: its id, and its fine-tuning job's model id; none if unservable."""
         if run["status"] != "completed":
-            return None
+            return ()
         adapter = Path(run["run_dir"]) / "train" / "adapter"
         if not (adapter / "adapter_config.json").is_file() or not self._same_base(run["base_model"]):
-            return None
+            return ()
         config = load_resolved(Path(run["run_dir"]) / "config.resolved.yaml")
         use_dora = bool(json.loads((adapter / "adapter_config.json").read_text()).get("use_dora"))
-        return ServedModel(
+        model = ServedModel(
             run["id"],
             adapter,
             config.data.system_prompt,
             int(run["created_at"].replace(tzinfo=UTC).timestamp()),
             use_dora,
         )
+        job = config.fine_tuning_job
+        return (model,) if job is None else (model, dataclasses.replace(model, id=job.fine_tuned_model))
 
     def _same_base(self, base_model: str) -> bool:
         path = Path(base_model).expanduser()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from specialize.config import DEFAULT_BASE_MODEL, DEFAULT_REGISTRY
@@ -28,16 +29,24 @@ class ServeOptions:
     max_batch: int = 16
     max_adapters: int = 4
     max_tokens: int = 512
+    runs_dir: str | None = None  # default: the folder of a SQLite registry, else ./runs
+    fine_tune_config: str | None = None
+    max_upload_mb: int = 512
 
 
 def build_app(options: ServeOptions) -> Any:
     """The ASGI app for `options`, with its model loaded; checks the options before loading anything."""
+    from specialize.config import load_config
     from specialize.deploy.api_keys import ApiKeys
     from specialize.deploy.engine import load_engine
+    from specialize.deploy.files import UploadedFiles
+    from specialize.deploy.job_runner import JobRunner
+    from specialize.deploy.jobs import FineTuningJobs
     from specialize.deploy.request_log import RequestLog
     from specialize.deploy.served_models import ServedModels
     from specialize.models import resolve_model
     from specialize.serve.app import Limits, create_app
+    from specialize.serve.fine_tuning import FineTuning
 
     registry = Registry(options.registry)
     keys = ApiKeys(registry) if options.auth else None
@@ -53,10 +62,26 @@ def build_app(options: ServeOptions) -> Any:
     base_name = options.base_model
     if base_name is None:
         base_name = registry.get_run(options.runs[0])["base_model"] if options.runs else DEFAULT_BASE_MODEL
+    template = Path(options.fine_tune_config) if options.fine_tune_config else None
+    if template is not None:
+        load_config(template, ['data.train="-"'])  # a broken config fails now, not at the first job
     base_path = resolve_model(base_name)
     models = ServedModels(base_name, base_path, registry, list(options.runs) or None)
     engine = load_engine(base_path, options.max_batch, options.max_adapters)
-    return create_app(engine, models, RequestLog(registry), keys, Limits(max_tokens=options.max_tokens))
+    runs_dir = Path(options.runs_dir) if options.runs_dir else _runs_dir(options.registry)
+    jobs = FineTuningJobs(registry, runs_dir.resolve())
+    fine_tuning = FineTuning(
+        UploadedFiles(registry, runs_dir.resolve() / "files"), jobs, JobRunner(jobs), base_name, template
+    )
+    limits = Limits(max_tokens=options.max_tokens, max_upload_bytes=options.max_upload_mb * 2**20)
+    return create_app(engine, models, RequestLog(registry), keys, limits, fine_tuning)
+
+
+def _runs_dir(registry_url: str) -> Path:
+    """Where jobs' runs and uploaded files go by default: next to a SQLite registry, else ./runs."""
+    if registry_url.startswith("sqlite:///") and registry_url != "sqlite:///:memory:":
+        return Path(registry_url.removeprefix("sqlite:///")).parent
+    return Path("runs")
 
 
 def serve(options: ServeOptions) -> None:

@@ -12,10 +12,10 @@ import asyncio
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -36,6 +36,9 @@ from specialize.serve.schemas import (
     FeedbackRequest,
     field_path,
 )
+
+if TYPE_CHECKING:
+    from specialize.serve.fine_tuning import FineTuning
 
 
 class ApiError(Exception):
@@ -64,6 +67,19 @@ class Limits:
     """What one request may ask for."""
 
     max_tokens: int = 512  # per completion; a CPU server answers a few hundred tokens per second in all
+    max_upload_bytes: int = 512 * 2**20  # per uploaded training file, OpenAI's limit
+    max_active_jobs: int = 8  # unfinished fine-tuning jobs per API key; they train one at a time
+
+
+@dataclass(frozen=True)
+class Gate:
+    """What every endpoint does around its own work: `begin` logs the request and checks its key, `parse`
+    validates a JSON body, `end` writes the answered request to the log (refusals are logged by the error
+    handler)."""
+
+    begin: Callable[[Request, str], Awaitable[ServedRequest]]
+    parse: Callable[[Request, type[BaseModel], ServedRequest], Awaitable[Any]]
+    end: Callable[[Request], Awaitable[None]]
 
 
 def create_app(
@@ -72,14 +88,23 @@ def create_app(
     request_log: RequestLog,
     keys: ApiKeys | None,
     limits: Limits = Limits(),
+    fine_tuning: FineTuning | None = None,
 ) -> FastAPI:
-    """The API over a started-on-demand engine; `keys=None` serves without authentication."""
+    """The API over a started-on-demand engine; `keys=None` serves without authentication.
+
+    With `fine_tuning`, the server also takes training files and fine-tuning jobs (`serve/fine_tuning.py`) and
+    trains them in the background while it serves.
+    """
     metrics = ServerMetrics(engine)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         engine.start()
+        if fine_tuning is not None:
+            fine_tuning.runner.start()
         yield
+        if fine_tuning is not None:
+            await asyncio.to_thread(fine_tuning.runner.stop)
         engine.stop()
 
     app = FastAPI(title="specialize", lifespan=lifespan)
@@ -122,6 +147,15 @@ def create_app(
                 "invalid_request",
                 where or None,
             ) from None
+
+    async def begin(request: Request, endpoint: str) -> ServedRequest:
+        served = ServedRequest(f"req-{secrets.token_hex(12)}", endpoint)
+        request.state.served, request.state.started = served, time.perf_counter()
+        await authenticate(request, served)
+        return served
+
+    async def end(request: Request) -> None:
+        await record(request.state.served, request.state.started)
 
     def lookup(model_id: str) -> ServedModel:
         try:
@@ -316,12 +350,9 @@ def create_app(
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> Response:
-        started = time.perf_counter()
-        served = ServedRequest(f"req-{secrets.token_hex(12)}", "models")
-        request.state.served, request.state.started = served, started
-        await authenticate(request, served)
+        await begin(request, "models")
         listed = await asyncio.to_thread(models.list)
-        await record(served, started)
+        await end(request)
         return JSONResponse(
             {
                 "object": "list",
@@ -340,22 +371,17 @@ def create_app(
 
     @app.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str, request: Request) -> Response:
-        started = time.perf_counter()
-        served = ServedRequest(f"req-{secrets.token_hex(12)}", "models", model=model_id)
-        request.state.served, request.state.started = served, started
-        await authenticate(request, served)
+        served = await begin(request, "models")
+        served.model = model_id
         model = await asyncio.to_thread(lookup, model_id)
-        await record(served, started)
+        await end(request)
         return JSONResponse(
             {"id": model.id, "object": "model", "created": model.created, "owned_by": "specialize"}
         )
 
     @app.post("/v1/feedback")
     async def feedback(request: Request) -> Response:
-        started = time.perf_counter()
-        served = ServedRequest(f"req-{secrets.token_hex(12)}", "feedback")
-        request.state.served, request.state.started = served, started
-        await authenticate(request, served)
+        served = await begin(request, "feedback")
         body: FeedbackRequest = await parse(request, FeedbackRequest, served)
         if not body.has_content():
             raise ApiError(400, "Give a rating, a correction, or both.", "invalid_request", "rating")
@@ -370,8 +396,13 @@ def create_app(
             )
         except NotFoundError as exc:
             raise ApiError(404, str(exc), "request_not_found", "request_id") from None
-        await record(served, started)
+        await end(request)
         return JSONResponse({"id": feedback_id, "object": "feedback", "request_id": body.request_id})
+
+    if fine_tuning is not None:
+        from specialize.serve.fine_tuning import fine_tuning_router
+
+        app.include_router(fine_tuning_router(fine_tuning, Gate(begin, parse, end), limits))
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

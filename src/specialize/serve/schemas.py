@@ -7,9 +7,9 @@ refused with a 400 naming the field.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 
 class _Body(BaseModel):
@@ -95,3 +95,48 @@ def field_path(loc: tuple[Any, ...]) -> str:
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
+
+
+def _auto_or(kind: type[int] | type[float], low: float, high: float) -> AfterValidator:
+    """ "auto", or a number of `kind` in [low, high]; one validator instead of a union, whose errors would name
+    the union member ('hyperparameters.n_epochs.constrained-int') instead of the field."""
+
+    def check(value: Any) -> Any:
+        if value == "auto":
+            return value
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or (kind is int and not float(value).is_integer()) or not low < value <= high:
+            what = "an integer" if kind is int else "a number"
+            raise ValueError(f'must be "auto" or {what} above {low:g} and at most {high:g}')
+        return kind(value)
+
+    return AfterValidator(check)
+
+
+class SupervisedHyperparameters(_Body):
+    """OpenAI's supervised hyperparameters; "auto" takes the server's defaults."""
+
+    n_epochs: Annotated[Any, _auto_or(int, 0, 50)] = "auto"
+    batch_size: Annotated[Any, _auto_or(int, 0, 256)] = "auto"
+    learning_rate_multiplier: Annotated[Any, _auto_or(float, 0, 10)] = "auto"
+
+
+class SupervisedMethod(_Body):
+    hyperparameters: SupervisedHyperparameters = Field(default_factory=SupervisedHyperparameters)
+
+
+class FineTuningMethod(_Body):
+    type: Literal["supervised", "dpo", "reinforcement"]
+    supervised: SupervisedMethod | None = None
+
+
+class FineTuningJobRequest(_Body):
+    """`POST /v1/fine_tuning/jobs`; `integrations` and `metadata` are accepted and ignored."""
+
+    model: str = Field(min_length=1)
+    training_file: str = Field(min_length=1)
+    validation_file: str | None = None
+    hyperparameters: SupervisedHyperparameters | None = None  # the legacy place, before `method`
+    method: FineTuningMethod | None = None
+    suffix: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
