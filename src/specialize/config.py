@@ -151,7 +151,11 @@ class EarlyStoppingConfig(_Section):
 class TrainConfig(_Section):
     """How the base model is fine-tuned."""
 
-    method: Literal["sft"] = "sft"
+    method: Literal["sft", "dpo"] = Field(
+        "sft",
+        description="sft: learn the assistant answers; dpo: prefer each pair's chosen answer (needs pairs).",
+    )
+    dpo_beta: float = Field(0.1, gt=0, description="DPO: how far the policy may move from the base model.")
     adapter: Literal["lora", "dora"] | None = Field("lora", description="null fine-tunes every weight.")
     lora: LoraConfig = Field(default_factory=LoraConfig)
     epochs: float = Field(1.0, gt=0)
@@ -165,6 +169,16 @@ class TrainConfig(_Section):
     log_every: int = Field(5, gt=0, description="Record the loss every this many steps.")
     checkpoints: CheckpointConfig = Field(default_factory=CheckpointConfig)
     early_stopping: EarlyStoppingConfig | None = Field(None, description="null trains for the full length.")
+
+    @model_validator(mode="after")
+    def _dpo_needs_an_adapter(self) -> TrainConfig:
+        if self.method == "dpo" and self.adapter is None:
+            raise PydanticCustomError(
+                "dpo_adapter",
+                "train.method dpo takes its reference model from the base under the adapter; set train.adapter "
+                "to lora or dora (full fine-tuning with DPO is not supported)",
+            )
+        return self
 
 
 EvalSystem = Literal["base_zero_shot", "base_few_shot", "base_rag", "fine_tuned", "fine_tuned_rag"]

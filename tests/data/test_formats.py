@@ -387,3 +387,19 @@ def test_a_json_file_may_hold_one_pretty_printed_object_or_jsonl(tmp_path) -> No
 
     assert [e.messages for e in read_data(single)] == [CHAT[0]]
     assert [e.line for e in read_data(lines)] == [1, 2]
+
+
+def test_openai_preference_rows_are_pairs(tmp_path):
+    row = {
+        "input": {"messages": [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"}]},
+        "preferred_output": [{"role": "assistant", "content": "Hello! How can I help?"}],
+        "non_preferred_output": [{"role": "assistant", "content": "What."}],
+    }
+    path = tmp_path / "prefs.jsonl"
+    path.write_text(json.dumps(row) + "\n" + json.dumps({**row, "input": "Hi"}) + "\n", encoding="utf-8")
+    loaded = read_examples(path)
+    [pair] = loaded.examples
+    assert pair.kind == "preference" and pair.prompt[0]["content"] == "Be kind."
+    assert pair.messages[-1]["content"] == "Hello! How can I help?" and pair.rejected[0]["content"] == "What."
+    [problem] = loaded.problems
+    assert ":2:" in problem and "'input' must be an object with a 'messages' list" in problem

@@ -183,8 +183,13 @@ def test_refusals_name_the_field(server, finished_job):
     client = server.client()
     upload = finished_job[0]
     with pytest.raises(openai.BadRequestError) as err:
+        client.fine_tuning.jobs.create(
+            model="tiny-chat", training_file=upload.id, method={"type": "reinforcement"}
+        )
+    assert err.value.code == "unsupported_method" and "no reinforcement" in err.value.message
+    with pytest.raises(openai.BadRequestError) as err:  # chat rows cannot train a preference method
         client.fine_tuning.jobs.create(model="tiny-chat", training_file=upload.id, method={"type": "dpo"})
-    assert err.value.code == "unsupported_method" and "no DPO trainer" in err.value.message
+    assert err.value.param == "training_file" and "preferred_output" in err.value.message
     with pytest.raises(openai.BadRequestError) as err:
         client.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=upload.id)
     assert err.value.param == "model" and "tiny-chat" in err.value.message
@@ -297,3 +302,35 @@ def client_status(registry: Registry, job_id: str) -> str:
     from specialize.deploy.jobs import FineTuningJobs
 
     return FineTuningJobs(registry, Path("unused")).status_of(job_id)
+
+
+def preference_rows(n: int) -> list[dict]:
+    """OpenAI's DPO format: the polite answer preferred over the rude one."""
+    return [
+        {
+            "input": {"messages": [{"role": "user", "content": f"Help me with order {i}, please."}]},
+            "preferred_output": [{"role": "assistant", "content": "Of course, I am glad to help."}],
+            "non_preferred_output": [{"role": "assistant", "content": "No."}],
+        }
+        for i in range(n)
+    ]
+
+
+def test_a_dpo_job_on_openai_preference_pairs(server):
+    client = server.client()
+    upload = client.files.create(file=("prefs.jsonl", jsonl(preference_rows(16))), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        model="tiny-chat",
+        training_file=upload.id,
+        suffix="polite",
+        method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.5, "batch_size": 4}}},
+    )
+    assert job.method.type == "dpo" and job.hyperparameters.beta == 0.5
+    done = wait_for(client, job.id, FINISHED)
+    assert done.status == "succeeded", done.error
+    run = next(r for r in Registry(server.registry_url).list_runs() if r["name"] == job.id)
+    assert json.loads(run["config"])["train"]["method"] == "dpo"
+    reply = client.chat.completions.create(
+        model=done.fine_tuned_model, messages=[{"role": "user", "content": "Help me"}], max_tokens=4
+    )
+    assert reply.model == done.fine_tuned_model and reply.choices[0].finish_reason in {"stop", "length"}

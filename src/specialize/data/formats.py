@@ -40,7 +40,8 @@ SHAREGPT_ROLES = {
 DESCRIBE = {
     "chat": "'messages' (a list of {role, content})",
     "sharegpt": "'conversations' (a list of {from, value})",
-    "preference": "'chosen' and 'rejected' (and usually 'prompt')",
+    "preference": "'chosen' and 'rejected' (and usually 'prompt'), or OpenAI's 'input', 'preferred_output' and "
+    "'non_preferred_output'",
     "alpaca": "'instruction' and 'output' (and optionally 'input')",
     "completion": "'prompt' and 'completion'",
     "text": "'text'",
@@ -71,7 +72,7 @@ def detect_format(row: dict[str, Any]) -> str | None:
         return "chat"
     if "conversations" in keys:
         return "sharegpt"
-    if {"chosen", "rejected"} <= keys:
+    if {"chosen", "rejected"} <= keys or {"preferred_output", "non_preferred_output"} <= keys:
         return "preference"
     if "instruction" in keys and keys & {"output", "response"}:
         return "alpaca"
@@ -156,6 +157,8 @@ def _plain_text(row: dict[str, Any]) -> Parsed:
 
 
 def _preference(row: dict[str, Any]) -> Parsed:
+    if "preferred_output" in row or "non_preferred_output" in row:
+        return _openai_preference(row)
     for key in ("chosen", "rejected"):
         if key not in row:
             raise RowError(f"missing '{key}'; a preference pair needs 'chosen' and 'rejected' answers")
@@ -191,6 +194,26 @@ def _preference(row: dict[str, Any]) -> Parsed:
     if chosen == rejected:
         raise RowError("'chosen' and 'rejected' are the same answer; a pair needs two different answers")
     return Parsed(prompt + chosen, used, rejected, len(chosen), notes=sorted(set(notes)))
+
+
+def _openai_preference(row: dict[str, Any]) -> Parsed:
+    """OpenAI's DPO rows: `input.messages`, `preferred_output` and `non_preferred_output` (message lists)."""
+    for key in ("input", "preferred_output", "non_preferred_output"):
+        if key not in row:
+            raise RowError(
+                f"missing '{key}'; an OpenAI preference row has 'input' (with 'messages'), 'preferred_output' "
+                "and 'non_preferred_output'"
+            )
+    messages = row["input"].get("messages") if isinstance(row["input"], dict) else None
+    if not isinstance(messages, list):
+        raise RowError(
+            "'input' must be an object with a 'messages' list (the conversation before the answers)"
+        )
+    parsed = _preference(
+        {"prompt": messages, "chosen": row["preferred_output"], "rejected": row["non_preferred_output"]}
+    )
+    parsed.used = {"input", "preferred_output", "non_preferred_output"}
+    return parsed
 
 
 def _prompt(value: Any, notes: list[str]) -> list[dict[str, str]]:

@@ -9,6 +9,7 @@ another key neither sees nor reads them.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from dataclasses import dataclass
@@ -60,7 +61,7 @@ class UploadedFiles:
         meta.create_all(self.engine)
 
     def add(self, key_id: str | None, filename: str, purpose: str, content: bytes) -> UploadedFile:
-        """Check `content` as chat JSONL and keep it.
+        """Check `content` as chat JSONL (supervised) or preference JSONL (DPO), and keep it.
 
         Raises:
             DataError: the purpose is not `fine-tune`, or lines are invalid; `.problems` has one
@@ -77,7 +78,7 @@ class UploadedFiles:
         staging = self.directory / f".{file_id}.partial.jsonl"
         staging.write_bytes(content)
         try:
-            loaded = read_examples(staging, format="chat")
+            loaded = read_examples(staging, format=row_format(content))
             problems = loaded.problems or ([] if loaded.examples else [empty_file(staging)])
             # The staging path means nothing to the uploader: problems name the line of their file instead.
             raise_problems([f"line {p.removeprefix(f'{staging}:')}" for p in problems], filename)
@@ -122,3 +123,15 @@ class UploadedFiles:
 
 def _file(row: Any) -> UploadedFile:
     return UploadedFile(**{**row, "path": Path(row["path"])})
+
+
+def row_format(content: bytes) -> str:
+    """`preference` when the first row is an OpenAI preference pair, else `chat` (the rows then say what is wrong)."""
+    for line in content.splitlines():
+        if line.strip():
+            try:
+                first = json.loads(line)
+            except ValueError:
+                return "chat"
+            return "preference" if isinstance(first, dict) and "preferred_output" in first else "chat"
+    return "chat"

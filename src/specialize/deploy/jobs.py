@@ -34,6 +34,8 @@ class Hyperparameters:
     n_epochs: int | Auto = "auto"
     batch_size: int | Auto = "auto"
     learning_rate_multiplier: float | Auto = "auto"
+    method: str = "supervised"  # or "dpo"
+    beta: float | Auto = "auto"  # dpo only
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,8 @@ class FineTuningJobs:
             "registry": self.engine.url.render_as_string(hide_password=False),
             "data.train": str(training_file),
             "data.validation": None if validation_file is None else str(validation_file),
-            "data.format": "chat",
+            "data.format": "chat" if hyperparameters.method == "supervised" else "preference",
+            "train.method": "sft" if hyperparameters.method == "supervised" else "dpo",
             "fine_tuning_job.id": job_id,
             "fine_tuning_job.fine_tuned_model": model_id,
         }
@@ -166,6 +169,8 @@ class FineTuningJobs:
             "batch_size": t.batch_size,
             "learning_rate_multiplier": t.learning_rate / default_rate,
         }
+        if t.method == "dpo":
+            resolved["beta"] = t.dpo_beta  # OpenAI shows beta only for DPO jobs, and so does the job object
         with self.engine.begin() as conn:
             conn.execute(
                 self.jobs.insert().values(
@@ -327,6 +332,8 @@ def _run_config(
         tuned["train.epochs"] = hp.n_epochs
     if hp.batch_size != "auto":
         tuned["train.batch_size"] = hp.batch_size
+    if hp.beta != "auto":
+        tuned["train.dpo_beta"] = hp.beta
     if hp.learning_rate_multiplier != "auto":
         # OpenAI's multiplier scales a base rate it picks per model for a full fine-tune. A LoRA adapter learns at
         # rates about ten times higher, so the multiplier scales specialize's LoRA rate instead: 1.0 is

@@ -185,10 +185,14 @@ def _task(rows: list[dict[str, Any]], labels: list[str] | None, source: Path) ->
             f"{source}: plain-text rows have no question to answer, and evaluating continued pre-training "
             "(perplexity on held-out text) is not supported yet; evaluate on chat rows"
         )
+    if all("rejected" in r for r in rows):
+        return "preference"
     return "multiple_choice" if with_choices else "classification" if labels else "generation"
 
 
 def _gold(row: dict[str, Any], task: str) -> str:
+    if task == "preference":
+        return "chosen"
     if task == "classification" or (task == "multiple_choice" and row.get("label") is not None):
         return str(row["label"])
     return str(row["messages"][-1]["content"])
@@ -201,6 +205,8 @@ def _headline(task: str, results: dict[str, dict[str, Any]]) -> str:
         return "macro_f1"
     if task == "multiple_choice":
         return "accuracy"
+    if task == "preference":
+        return "preference_accuracy"
     return "numeric_match" if all("numeric_match" in m for m in results.values()) else "exact_match"
 
 
@@ -308,6 +314,14 @@ def _run_system(
                 )
                 predictions.append(choices[max(range(len(choices)), key=scores.__getitem__)])
                 bar.update(1)
+    elif task == "preference":
+        # Which answer of the pair does the system find more likely after its prompt, the one people preferred?
+        # Per token, so that a short answer does not win on length alone (summed log-likelihoods favour it).
+        for row, prompt in zip(rows, prompts, strict=True):
+            chosen, n_chosen = answer_loss(model, tokenizer, prompt, row["chosen"][-1]["content"])
+            rejected, n_rejected = answer_loss(model, tokenizer, prompt, row["rejected"][-1]["content"])
+            predictions.append("chosen" if chosen / n_chosen < rejected / n_rejected else "rejected")
+            bar.update(1)
     else:
         references = [row["messages"][-1]["content"] for row in rows]
         budgets = [min(512, len(tokenizer(r)["input_ids"]) * 2 + 16) for r in references]
@@ -323,6 +337,8 @@ def _run_system(
         metrics = classification_metrics(gold, predictions, labels)
     elif task == "multiple_choice":
         metrics = {"accuracy": sum(g == p for g, p in zip(gold, predictions, strict=True)) / len(rows)}
+    elif task == "preference":
+        metrics = {"preference_accuracy": predictions.count("chosen") / len(rows)}
     else:
         metrics = generation_metrics(gold, predictions, loss_sum, n_tokens)
     metrics["predictions"] = predictions

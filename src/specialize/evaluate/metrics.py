@@ -111,6 +111,6 @@ def per_example_scores(task: str, headline: str, gold: list[str], predicted: lis
     """Each example's share of the headline metric (correct 1.0 / wrong 0.0), for the paired bootstrap."""
     if headline == "numeric_match":
         return numeric_matches(gold, predicted) or []
-    if task == "multiple_choice":
+    if task in ("multiple_choice", "preference"):
         return [float(g == p) for g, p in zip(gold, predicted, strict=True)]
     return exact_matches(gold, predicted)

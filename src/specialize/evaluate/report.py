@@ -33,6 +33,7 @@ TABLE_METRICS = {
         "invalid_answer_rate",
     ],
     "multiple_choice": ["accuracy"],
+    "preference": ["preference_accuracy"],
     "generation": ["exact_match", "numeric_match", "rouge_l", "bleu", "perplexity"],
 }
 

@@ -19,7 +19,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
-from specialize.deploy.files import UploadedFile, UploadedFiles
+from specialize.deploy.files import UploadedFile, UploadedFiles, row_format
 from specialize.deploy.job_runner import JobRunner
 from specialize.deploy.jobs import FineTuningJob, FineTuningJobs, Hyperparameters, JobEvent
 from specialize.errors import ConfigError, DataError, NotFoundError
@@ -143,6 +143,17 @@ def fine_tuning_router(ft: FineTuning, gate: Gate, limits: Limits) -> APIRouter:
                     files.append(await asyncio.to_thread(ft.files.get, served.key_id, file_id))
                 except NotFoundError as exc:
                     raise ApiError(400, f"Invalid {param}: {exc}", "invalid_file", param) from None
+        for param, file in zip(("training_file", "validation_file"), files, strict=False):
+            given = "preference" if row_format(file.path.read_bytes()[:1_000_000]) == "preference" else "chat"
+            wanted = "preference" if hyperparameters.method == "dpo" else "chat"
+            if given != wanted:
+                raise ApiError(
+                    400,
+                    f"Invalid {param}: {file.id} holds {given} rows, and a {hyperparameters.method} job needs "
+                    f"{wanted} rows ({'input, preferred_output, non_preferred_output' if wanted == 'preference' else 'messages'}).",
+                    "invalid_file",
+                    param,
+                )
         active = await asyncio.to_thread(ft.jobs.count_active, served.key_id)
         if active >= limits.max_active_jobs:
             raise ApiError(
@@ -281,25 +292,27 @@ async def _form(request: Request, max_bytes: int) -> dict[str, tuple[str | None,
 
 def _hyperparameters(body: FineTuningJobRequest) -> Hyperparameters:
     method = body.method
-    if method is not None and method.type != "supervised":
-        trainer = "DPO" if method.type == "dpo" else "reinforcement fine-tuning"
+    if method is not None and method.type == "reinforcement":
         raise ApiError(
             400,
-            f"Method '{method.type}' is not supported: specialize has no {trainer} trainer yet. Use "
-            "method={'type': 'supervised'} with chat examples whose assistant turns are the answers to learn.",
+            "Method 'reinforcement' is not supported: specialize has no reinforcement fine-tuning trainer yet. Use "
+            "method={'type': 'supervised'} with chat examples, or {'type': 'dpo'} with preference pairs.",
             "unsupported_method",
             "method.type",
         )
-    given = method.supervised.hyperparameters if method is not None and method.supervised else None
+    kind = "supervised" if method is None else method.type
+    section = None if method is None else method.dpo if kind == "dpo" else method.supervised
+    given = section.hyperparameters if section is not None else None
     if given is not None and body.hyperparameters is not None:
         raise ApiError(
             400,
-            "Give hyperparameters in method.supervised.hyperparameters or at the top level, not both.",
+            f"Give hyperparameters in method.{kind}.hyperparameters or at the top level, not both.",
             "invalid_request",
             "hyperparameters",
         )
     chosen = given or body.hyperparameters or SupervisedHyperparameters()
-    return Hyperparameters(chosen.n_epochs, chosen.batch_size, chosen.learning_rate_multiplier)
+    beta: Any = getattr(chosen, "beta", "auto")
+    return Hyperparameters(chosen.n_epochs, chosen.batch_size, chosen.learning_rate_multiplier, kind, beta)
 
 
 def _or_404(function: Any, *args: Any) -> Any:
@@ -338,6 +351,7 @@ def _file_object(f: UploadedFile) -> dict[str, Any]:
 
 
 def _job_object(job: FineTuningJob) -> dict[str, Any]:
+    kind = "dpo" if "beta" in job.hyperparameters else "supervised"
     return {
         "id": job.id,
         "object": "fine_tuning.job",
@@ -351,7 +365,7 @@ def _job_object(job: FineTuningJob) -> dict[str, Any]:
         "training_file": job.training_file,
         "validation_file": job.validation_file,
         "hyperparameters": job.hyperparameters,
-        "method": {"type": "supervised", "supervised": {"hyperparameters": job.hyperparameters}},
+        "method": {"type": kind, kind: {"hyperparameters": job.hyperparameters}},
         "trained_tokens": job.trained_tokens,
         "error": job.error,
         "seed": job.seed,

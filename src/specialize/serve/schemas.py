@@ -125,9 +125,20 @@ class SupervisedMethod(_Body):
     hyperparameters: SupervisedHyperparameters = Field(default_factory=SupervisedHyperparameters)
 
 
+class DpoHyperparameters(SupervisedHyperparameters):
+    """OpenAI's DPO hyperparameters: the supervised ones and `beta`."""
+
+    beta: Annotated[Any, _auto_or(float, 0, 2)] = "auto"
+
+
+class DpoMethod(_Body):
+    hyperparameters: DpoHyperparameters = Field(default_factory=DpoHyperparameters)
+
+
 class FineTuningMethod(_Body):
     type: Literal["supervised", "dpo", "reinforcement"]
     supervised: SupervisedMethod | None = None
+    dpo: DpoMethod | None = None
 
 
 class FineTuningJobRequest(_Body):

@@ -1,4 +1,4 @@
-"""Training: supervised fine-tuning with LoRA, DoRA or every weight.
+"""Training: supervised fine-tuning (SFT) or preference optimisation (DPO), with LoRA, DoRA or every weight.
 
 Reads the prepared `data/train.jsonl` and `data/validation.jsonl` of a run, writes `train/adapter/` (or
 `train/model/` for full fine-tuning) and `train/metrics.jsonl`, and reports the loss, tokens/s and ETA while it
@@ -91,16 +91,17 @@ def train(
 
     from specialize.models import load_model
     from specialize.train import checkpoint
-    from specialize.train.batching import collate, length_grouped_batches, summed_loss
+    from specialize.train.batching import length_grouped_batches
     from specialize.train.resources import check_resources, estimate_memory
 
     torch.manual_seed(seed)
     rng = random.Random(seed)
     model, tokenizer = load_model(model_path)
     model = _prepare_model(model, config)
-    train_set = [encode_conversation(tokenizer, r["messages"]) for r in read_prepared(train_file)]
-    val_set = [encode_conversation(tokenizer, r["messages"]) for r in read_prepared(validation_file)]
-    lengths = [len(e.input_ids) for e in train_set]
+    objective = _objective(config, tokenizer.pad_token_id)
+    train_set = objective.encode(model, tokenizer, read_prepared(train_file))
+    val_set = objective.encode(model, tokenizer, read_prepared(validation_file))
+    lengths = [objective.length(e) for e in train_set]
     params = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in params)
     n_params = sum(p.numel() for p in model.parameters())
@@ -138,13 +139,11 @@ def train(
             for _ in range(config.gradient_accumulation):
                 if not state.pending_batches:
                     state.pending_batches = length_grouped_batches(lengths, config.batch_size, rng)
-                group.append(
-                    collate([train_set[i] for i in state.pending_batches.pop()], tokenizer.pad_token_id)
-                )
-            n_targets = sum(int((b["targets"] != -100).sum()) for b in group)
+                group.append(objective.collate([train_set[i] for i in state.pending_batches.pop()]))
+            n_targets = sum(objective.count(b) for b in group)
             step_loss = 0.0
             for batch in group:
-                loss_sum, _ = summed_loss(model, batch)
+                loss_sum = objective.loss(model, batch)
                 (loss_sum / n_targets).backward()
                 step_loss += loss_sum.item()
                 state.tokens += int(batch["attention_mask"].sum())
@@ -175,9 +174,7 @@ def train(
                 }
             stop = config.early_stopping
             if stop is not None and (step % stop.eval_every == 0 or step == steps):
-                row["validation_loss"] = validation_loss(
-                    model, val_set, tokenizer.pad_token_id, config.batch_size
-                )
+                row["validation_loss"] = objective.validation(model, val_set)
                 stopped_early = _track_best(model, tokenizer, out_dir, state, row["validation_loss"], stop)
             if row:
                 metrics_file.write(json.dumps({"step": step, **row}) + "\n")
@@ -199,7 +196,7 @@ def train(
         output = _promote(best, out_dir, adapter=config.adapter is not None)
         val_loss = state.best_validation_loss if state.best_validation_loss is not None else float("nan")
     else:
-        val_loss = validation_loss(model, val_set, tokenizer.pad_token_id, config.batch_size)
+        val_loss = objective.validation(model, val_set)
         output = _save_atomic(
             model, tokenizer, out_dir / ("adapter" if config.adapter is not None else "model")
         )
@@ -254,6 +251,43 @@ def _truncate_metrics(path: Path, step: int) -> None:
         line for line in path.read_text(encoding="utf-8").splitlines() if json.loads(line)["step"] <= step
     ]
     path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+
+
+class SupervisedObjective:
+    """SFT: token cross-entropy on the assistant turns of each conversation."""
+
+    def __init__(self, pad_id: int, batch_size: int) -> None:
+        self.pad_id, self.batch_size = pad_id, batch_size
+
+    def encode(self, model: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> list[Any]:
+        return [encode_conversation(tokenizer, r["messages"]) for r in rows]
+
+    def length(self, example: Any) -> int:
+        return len(example.input_ids)
+
+    def collate(self, examples: list[Any]) -> dict[str, Any]:
+        from specialize.train.batching import collate
+
+        return collate(examples, self.pad_id)
+
+    def count(self, batch: dict[str, Any]) -> int:
+        return int((batch["targets"] != -100).sum())
+
+    def loss(self, model: Any, batch: dict[str, Any]) -> Any:
+        from specialize.train.batching import summed_loss
+
+        return summed_loss(model, batch)[0]
+
+    def validation(self, model: Any, examples: list[Any]) -> float:
+        return validation_loss(model, examples, self.pad_id, self.batch_size)
+
+
+def _objective(config: TrainConfig, pad_id: int) -> Any:
+    if config.method == "dpo":
+        from specialize.train.preference import PreferenceObjective
+
+        return PreferenceObjective(config.dpo_beta, pad_id, config.batch_size)
+    return SupervisedObjective(pad_id, config.batch_size)
 
 
 def validation_loss(model: Any, examples: list[Any], pad_id: int, batch_size: int) -> float:

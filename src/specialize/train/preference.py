@@ -1,0 +1,146 @@
+"""Direct preference optimisation (DPO): learn to prefer each pair's chosen answer over its rejected one.
+
+The loss (Rafailov et al., 2023) is -log sigmoid(beta * ((pc - rc) - (pr - rr))): p are the policy's summed
+log-likelihoods of the chosen (c) and rejected (r) answers after the prompt, r* the reference model's. The
+reference is the base model, which an adapter run already holds: switching the adapter off gives it back, so no
+second copy is kept in memory. Its log-likelihoods never change, so they are computed once, before the first step.
+
+The interface mirrors supervised fine-tuning's (`SupervisedObjective` in `train/__init__.py`): examples to batch,
+a summed loss with the count it is normalised by, and a validation figure, so the one training loop (accumulation,
+schedule, checkpoints, resume, early stopping) serves both methods.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from specialize.data.template import IGNORE, Encoded, encode_conversation, render_prompt
+from specialize.errors import DataError
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A prompt's chosen and rejected answers, targets on the answer only, with the reference's log-likelihoods."""
+
+    chosen: Encoded
+    rejected: Encoded
+    reference: tuple[float, float] = (0.0, 0.0)
+
+    @property
+    def length(self) -> int:
+        return len(self.chosen.input_ids) + len(self.rejected.input_ids)
+
+
+def encode_pair(tokenizer: Any, row: dict[str, Any]) -> Pair:
+    """A prepared preference row (`prompt`, `chosen`, `rejected` message lists) as two target-masked sequences."""
+    if "rejected" not in row:
+        raise DataError(
+            f"{row.get('source', 'training data')}: train.method dpo needs preference pairs (prompt, chosen, "
+            "rejected); this row has no rejected answer. Use train.method sft for chat data"
+        )
+    return Pair(
+        _answer_only(tokenizer, row["prompt"], row["chosen"]),
+        _answer_only(tokenizer, row["prompt"], row["rejected"]),
+    )
+
+
+def _answer_only(tokenizer: Any, prompt: list[dict[str, str]], answer: list[dict[str, str]]) -> Encoded:
+    """The conversation's tokens with targets on the answer alone, not on assistant turns inside the prompt."""
+    whole = encode_conversation(tokenizer, prompt + answer)
+    start = len(render_prompt(tokenizer, prompt))  # characters before the answer
+    text = tokenizer.apply_chat_template(prompt + answer, tokenize=False)
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    labels = [label if a >= start else IGNORE for label, (a, _) in zip(whole.labels, offsets, strict=True)]
+    return Encoded(whole.input_ids, labels)
+
+
+def collate_pairs(pairs: list[Pair], pad_id: int) -> dict[str, torch.Tensor]:
+    """The chosen sequences, then the rejected ones, as one right-padded batch, with their reference scores."""
+    from specialize.train.batching import collate
+
+    batch = collate([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id)
+    batch["shared_prefix"] = torch.tensor(0)  # chosen and rejected rows are scored whole
+    batch["reference"] = torch.tensor([p.reference[0] for p in pairs] + [p.reference[1] for p in pairs])
+    return batch
+
+
+def sequence_logps(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Summed log-likelihood of each row's target tokens (the vocabulary projection only where they are)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = base.get_decoder()(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+    ).last_hidden_state
+    targets = batch["targets"]
+    where = targets != IGNORE
+    logits = base.get_output_embeddings()(hidden[where]).float()
+    token_logps = -F.cross_entropy(logits, targets[where], reduction="none")
+    rows = where.nonzero()[:, 0]
+    return torch.zeros(targets.shape[0], dtype=token_logps.dtype).index_add(0, rows, token_logps)
+
+
+def with_reference(model: Any, pairs: list[Pair], pad_id: int, batch_size: int) -> list[Pair]:
+    """`pairs` with the reference (base model, adapter off) log-likelihoods filled in."""
+    out = []
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), model.disable_adapter():
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start : start + batch_size]
+            logps = sequence_logps(model, collate_pairs(chunk, pad_id)).tolist()
+            n = len(chunk)
+            out += [replace(p, reference=(logps[i], logps[n + i])) for i, p in enumerate(chunk)]
+    model.train(was_training)
+    return out
+
+
+def dpo_loss(model: Any, batch: dict[str, torch.Tensor], beta: float) -> tuple[torch.Tensor, int, int]:
+    """Summed DPO loss of a batch of pairs, the number of pairs, and how many the policy already ranks right."""
+    logps = sequence_logps(model, batch)
+    n = logps.shape[0] // 2
+    gained = logps - batch["reference"]
+    margin = beta * (gained[:n] - gained[n:])
+    return -F.logsigmoid(margin).sum(), n, int((margin > 0).sum())
+
+
+@dataclass
+class PreferenceObjective:
+    """DPO over preference pairs, with the base model as the reference."""
+
+    beta: float
+    pad_id: int
+    batch_size: int
+
+    def encode(self, model: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> list[Pair]:
+        if not hasattr(model, "disable_adapter"):
+            raise DataError(
+                "train.method dpo takes its reference model from the base under the adapter; set train.adapter "
+                "to lora or dora"
+            )
+        return with_reference(model, [encode_pair(tokenizer, r) for r in rows], self.pad_id, self.batch_size)
+
+    def length(self, example: Pair) -> int:
+        return example.length
+
+    def collate(self, examples: list[Pair]) -> dict[str, torch.Tensor]:
+        return collate_pairs(examples, self.pad_id)
+
+    def count(self, batch: dict[str, torch.Tensor]) -> int:
+        return int(batch["input_ids"].shape[0]) // 2
+
+    def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return dpo_loss(model, batch, self.beta)[0]
+
+    def validation(self, model: Any, examples: list[Pair]) -> float:
+        """Mean DPO loss on the validation pairs (log 2 = 0.693 for a policy equal to its reference)."""
+        was_training = model.training
+        model.eval()
+        total = 0.0
+        with torch.no_grad():
+            for start in range(0, len(examples), self.batch_size):
+                total += self.loss(model, self.collate(examples[start : start + self.batch_size])).item()
+        model.train(was_training)
+        return total / max(len(examples), 1)
