@@ -88,7 +88,7 @@ def evaluate(
     """
     from specialize.evaluate.metrics import per_example_scores
     from specialize.evaluate.overfitting import overfitting
-    from specialize.evaluate.significance import compare_systems
+    from specialize.evaluate.significance import compare_systems, perplexity_intervals
     from specialize.models import load_model
 
     systems = list(config.systems)
@@ -117,6 +117,22 @@ def evaluate(
     done: dict[tuple[bool, tuple[str, ...]], str] = {}
     for system in systems:
         on_tuned, kind = SYSTEMS[system]
+        if task == "text":
+            if kind is not None:
+                log.info(
+                    "%s skipped: held-out text has no question to put examples or passages before", system
+                )
+                continue
+            use = tuned if on_tuned and tuned is not None else model
+            with (
+                model.disable_adapter()
+                if not on_tuned and hasattr(model, "disable_adapter")
+                else contextlib.nullcontext()
+            ):
+                results[system] = _perplexity(use, tokenizer, rows, context, progress)
+            if on_metrics:
+                on_metrics(system, {"perplexity": results[system]["perplexity"]})
+            continue
         system_prompts, sources = prompts.for_context(kind)
         same = done.get((on_tuned, tuple(system_prompts)))
         if same is not None:  # e.g. similarity few-shot and RAG over training examples: identical prompts
@@ -141,9 +157,11 @@ def evaluate(
         if on_metrics:
             on_metrics(system, headline)
     out_dir.mkdir(parents=True, exist_ok=True)
-    gold = [_gold(row, task) for row in rows]
     name = _headline(task, results)
-    if task == "classification":
+    gold = [_gold(row, task) for row in rows] if task != "text" else []
+    if task == "text":
+        significance = perplexity_intervals({s: m.pop("per_document") for s, m in results.items()}, seed)
+    elif task == "classification":
         significance = compare_systems(gold, {s: m["predictions"] for s, m in results.items()}, labels, seed)
     else:
         scores = {s: per_example_scores(task, name, gold, m["predictions"]) for s, m in results.items()}
@@ -180,10 +198,11 @@ def _task(rows: list[dict[str, Any]], labels: list[str] | None, source: Path) ->
                 f"{row.get('source', source)}: the answer {gold!r} is not one of its choices {choices}; make the "
                 "assistant answer (or label) exactly one of the choices"
             )
+    if all("messages" not in r for r in rows):
+        return "text"
     if any("messages" not in r for r in rows):
         raise EvalError(
-            f"{source}: plain-text rows have no question to answer, and evaluating continued pre-training "
-            "(perplexity on held-out text) is not supported yet; evaluate on chat rows"
+            f"{source}: plain-text rows mixed with chat rows; evaluate each kind from its own file"
         )
     if all("rejected" in r for r in rows):
         return "preference"
@@ -207,6 +226,8 @@ def _headline(task: str, results: dict[str, dict[str, Any]]) -> str:
         return "accuracy"
     if task == "preference":
         return "preference_accuracy"
+    if task == "text":
+        return "perplexity"
     return "numeric_match" if all("numeric_match" in m for m in results.values()) else "exact_match"
 
 
@@ -258,6 +279,40 @@ class _SystemPrompts:
             prompts.append(prompt)
             sources.append([item.source if passages else str(item.get("source", "")) for item in used])
         return prompts, sources
+
+
+def _perplexity(
+    model: Any, tokenizer: Any, rows: list[dict[str, Any]], context: int, progress: bool
+) -> dict[str, Any]:
+    """Perplexity on held-out documents (continued pre-training): exp of the mean token cross-entropy.
+
+    A document longer than the context is scored in consecutive windows of the context length.
+    """
+    import math
+
+    import torch
+    import torch.nn.functional as F
+    from tqdm.auto import tqdm
+
+    from specialize.data import encode_text
+
+    per_document = []
+    for row in tqdm(rows, desc="perplexity", unit="doc", disable=not progress, dynamic_ncols=True):
+        ids = encode_text(tokenizer, row["text"]).input_ids
+        total = 0.0
+        for start in range(0, len(ids) - 1, context):
+            window = torch.tensor([ids[start : start + context + 1]])
+            with torch.no_grad():
+                logits = model(input_ids=window[:, :-1]).logits[0].float()
+            total += F.cross_entropy(logits, window[0, 1:], reduction="sum").item()
+        per_document.append((total, len(ids) - 1))
+    loss = sum(t for t, _ in per_document) / max(sum(n for _, n in per_document), 1)
+    return {
+        "perplexity": math.exp(loss),
+        "loss": loss,
+        "tokens": sum(n for _, n in per_document),
+        "per_document": per_document,
+    }
 
 
 def _free_answers(

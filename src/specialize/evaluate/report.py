@@ -34,6 +34,7 @@ TABLE_METRICS = {
     ],
     "multiple_choice": ["accuracy"],
     "preference": ["preference_accuracy"],
+    "text": ["perplexity", "loss"],
     "generation": ["exact_match", "numeric_match", "rouge_l", "bleu", "perplexity"],
 }
 

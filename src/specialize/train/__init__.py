@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from specialize.config import TrainConfig
-from specialize.data import encode_conversation, read_prepared
+from specialize.data import encode_conversation, encode_text, read_prepared
 from specialize.errors import TrainingError
 from specialize.runs import write_atomic
 
@@ -260,7 +260,13 @@ class SupervisedObjective:
         self.pad_id, self.batch_size = pad_id, batch_size
 
     def encode(self, model: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> list[Any]:
-        return [encode_conversation(tokenizer, r["messages"]) for r in rows]
+        """Chat rows learn their assistant turns; plain-text rows (continued pre-training) every token."""
+        return [
+            encode_text(tokenizer, r["text"])
+            if "messages" not in r
+            else encode_conversation(tokenizer, r["messages"])
+            for r in rows
+        ]
 
     def length(self, example: Any) -> int:
         return len(example.input_ids)
