@@ -148,8 +148,8 @@ def create_app(
                 where or None,
             ) from None
 
-    async def begin(request: Request, endpoint: str) -> ServedRequest:
-        served = ServedRequest(f"req-{secrets.token_hex(12)}", endpoint)
+    async def begin(request: Request, endpoint: str, prefix: str = "req") -> ServedRequest:
+        served = ServedRequest(f"{prefix}-{secrets.token_hex(12)}", endpoint)
         request.state.served, request.state.started = served, time.perf_counter()
         await authenticate(request, served)
         return served
@@ -231,10 +231,8 @@ def create_app(
         chunk: Callable[[int, str | None, str | None, bool], dict[str, Any]],
         kinds: tuple[str, str],
     ) -> Response:
-        started = time.perf_counter()
-        served = ServedRequest(f"{prefix}-{secrets.token_hex(12)}", endpoint)
-        request.state.served, request.state.started = served, started
-        await authenticate(request, served)
+        served = await begin(request, endpoint, prefix)
+        started = request.state.started
         body = await parse(request, schema, served)
         model = lookup(body.model)
         texts = prompts_of(body, model)
