@@ -135,3 +135,10 @@ def test_dpo_on_chat_rows_names_the_row_and_the_fix(tmp_path, tiny_model_dir, ch
             progress=False,
         )
     assert "preference pairs" in str(err.value) and "train.method sft" in str(err.value)
+
+
+def test_specialize_run_with_dpo_on_chat_rows_stops_before_creating_a_run(run_config, tmp_path, capsys):
+    code = main(["--quiet", "run", str(run_config), "--set", "train.method=dpo"])
+    err = capsys.readouterr().err
+    assert code == 3 and err.startswith("error: ") and "train.method sft" in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists() or not [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]

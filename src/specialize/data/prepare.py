@@ -195,6 +195,18 @@ def check_data(
     return DataCheck(report, problems)
 
 
+def _check_method(config: RunConfig, loaded: tuple[list[Example], list[Example] | None]) -> None:
+    """DPO learns from pairs: say so before a run exists, not at its first training step."""
+    if config.train.method != "dpo":
+        return
+    for example in [*loaded[0], *(loaded[1] or [])]:
+        if example.kind != "preference":
+            raise DataError(
+                f"{example.where}: train.method dpo needs preference pairs (prompt, chosen, rejected); this row "
+                "has no rejected answer. Use train.method sft for chat data"
+            )
+
+
 def prepare_run(config: RunConfig, out_dir: Path | None = None) -> tuple[PreparedData, str | None]:
     """`specialize data prepare`: the data stage of a run, alone.
 
@@ -207,6 +219,7 @@ def prepare_run(config: RunConfig, out_dir: Path | None = None) -> tuple[Prepare
 
     check_model(config.base_model)
     loaded = load_examples(config.data)
+    _check_method(config, loaded)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(config.base_model))
     if out_dir is not None:
         return prepare_data(config.data, tokenizer, out_dir, config.seed, loaded), None
