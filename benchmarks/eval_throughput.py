@@ -58,7 +58,7 @@ def main() -> None:
 
     from specialize.config import DEFAULT_BASE_MODEL
     from specialize.data import render_prompt
-    from specialize.evaluate.scoring import SharedPrefix, label_token_ids, score_labels
+    from specialize.evaluate.scoring import pick_labels
     from specialize.models import load_model, resolve_model
     from specialize.models.generation import generate_batch
 
@@ -84,18 +84,8 @@ def main() -> None:
     free, free_s = timed(loop_generate, model, tokenizer, cls_prompts, [4] * len(qa))
     invalid = sum(a.lower().strip(" .") not in labels for a in free)
 
-    def scored() -> list[str]:
-        encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in cls_prompts]
-        prefix, ids, out = SharedPrefix(model, encoded), label_token_ids(tokenizer, labels), []
-        for start in range(0, len(encoded), 4):
-            for scores in score_labels(
-                model, prefix, encoded[start : start + 4], ids, tokenizer.pad_token_id
-            ):
-                out.append(labels[max(range(3), key=scores.__getitem__)])
-        return out
-
     print("classification: label scoring ...", flush=True)
-    predictions, score_s = timed(scored)
+    predictions, score_s = timed(pick_labels, model, tokenizer, cls_prompts, labels)
     gold = [r["label"] for r in qa]
     free_acc = sum(a.lower().strip(" .") == g for a, g in zip(free, gold, strict=True)) / len(qa)
     score_acc = sum(p == g for p, g in zip(predictions, gold, strict=True)) / len(qa)

@@ -344,6 +344,7 @@ def _run_system(
         SharedPrefix,
         answer_loss,
         label_token_ids,
+        pick_labels,
         score_labels,
     )
     from specialize.models.generation import generate_batch
@@ -351,24 +352,18 @@ def _run_system(
     predictions: list[str] = []
     loss_sum, n_tokens = 0.0, 0
     bar = tqdm(total=len(rows), desc=system, unit="ex", disable=not progress, dynamic_ncols=True)
-    if task in ("classification", "multiple_choice"):
+    if task == "classification" and labels:
+        predictions = pick_labels(model, tokenizer, prompts, labels, EVAL_BATCH, progress=bar.update)
+    elif task == "multiple_choice":  # each row has its own choices, so each is scored alone after the prefix
         encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         prefix = SharedPrefix(model, encoded)
-        if task == "classification" and labels:
-            label_ids = label_token_ids(tokenizer, labels)
-            for start in range(0, len(rows), EVAL_BATCH):
-                batch = encoded[start : start + EVAL_BATCH]
-                for scores in score_labels(model, prefix, batch, label_ids, tokenizer.pad_token_id):
-                    predictions.append(labels[max(range(len(labels)), key=scores.__getitem__)])
-                bar.update(len(batch))
-        else:  # each row has its own choices, so each is scored alone (after the shared prefix)
-            for row, ids in zip(rows, encoded, strict=True):
-                choices = row["choices"]
-                [scores] = score_labels(
-                    model, prefix, [ids], label_token_ids(tokenizer, choices), tokenizer.pad_token_id
-                )
-                predictions.append(choices[max(range(len(choices)), key=scores.__getitem__)])
-                bar.update(1)
+        for row, ids in zip(rows, encoded, strict=True):
+            choices = row["choices"]
+            [scores] = score_labels(
+                model, prefix, [ids], label_token_ids(tokenizer, choices), tokenizer.pad_token_id
+            )
+            predictions.append(choices[max(range(len(choices)), key=scores.__getitem__)])
+            bar.update(1)
     elif task == "preference":
         # Which answer of the pair does the system find more likely after its prompt, the one people preferred?
         # Per token, so that a short answer does not win on length alone (summed log-likelihoods favour it).

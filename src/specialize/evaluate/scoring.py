@@ -124,6 +124,29 @@ def _add_continuations(
             scores[row][label] += logp[row, q, target].item()
 
 
+def pick_labels(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    labels: list[str],
+    batch_size: int = 4,
+    progress: Any = None,
+) -> list[str]:
+    """The most likely label after each prompt, prompts scored `batch_size` at a time after their shared prefix.
+
+    `progress`, if given, is called with the number of prompts just answered.
+    """
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    prefix, label_ids, out = SharedPrefix(model, encoded), label_token_ids(tokenizer, labels), []
+    for start in range(0, len(encoded), batch_size):
+        batch = encoded[start : start + batch_size]
+        for scores in score_labels(model, prefix, batch, label_ids, tokenizer.pad_token_id):
+            out.append(labels[max(range(len(labels)), key=scores.__getitem__)])
+        if progress is not None:
+            progress(len(batch))
+    return out
+
+
 def answer_loss(model: Any, tokenizer: Any, prompt: str, answer: str) -> tuple[float, int]:
     """Summed cross-entropy of the reference `answer` after `prompt`, and its token count."""
     import torch

@@ -80,6 +80,12 @@ def summed_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tenso
     Returning the sum (not the mean) lets the caller divide by the target count of the whole accumulated step,
     so batch 4 x accumulation 1 and batch 1 x accumulation 4 give the same gradient.
     """
+    losses, _ = target_losses(model, batch)
+    return losses.sum(), losses.numel()
+
+
+def target_losses(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cross-entropy of every target token, and the batch row each one belongs to."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     decoder = base.get_decoder()
     n = int(batch.get("shared_prefix", 0))
@@ -101,5 +107,4 @@ def summed_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tenso
         targets = batch["targets"]
     where = targets != IGNORE
     logits = base.get_output_embeddings()(hidden[where])
-    loss = F.cross_entropy(logits.float(), targets[where], reduction="sum")
-    return loss, int(where.sum())
+    return F.cross_entropy(logits.float(), targets[where], reduction="none"), where.nonzero()[:, 0]

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from specialize.data.template import IGNORE, Encoded, encode_conversation, render_prompt
 from specialize.errors import DataError
+from specialize.train.batching import collate, target_losses
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,6 @@ def _answer_only(tokenizer: Any, prompt: list[dict[str, str]], answer: list[dict
 
 def collate_pairs(pairs: list[Pair], pad_id: int) -> dict[str, torch.Tensor]:
     """The chosen sequences, then the rejected ones, as one right-padded batch, with their reference scores."""
-    from specialize.train.batching import collate
-
     batch = collate([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id)
     batch["shared_prefix"] = torch.tensor(0)  # chosen and rejected rows are scored whole
     batch["reference"] = torch.tensor([p.reference[0] for p in pairs] + [p.reference[1] for p in pairs])
@@ -69,17 +68,9 @@ def collate_pairs(pairs: list[Pair], pad_id: int) -> dict[str, torch.Tensor]:
 
 
 def sequence_logps(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Summed log-likelihood of each row's target tokens (the vocabulary projection only where they are)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = base.get_decoder()(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-    ).last_hidden_state
-    targets = batch["targets"]
-    where = targets != IGNORE
-    logits = base.get_output_embeddings()(hidden[where]).float()
-    token_logps = -F.cross_entropy(logits, targets[where], reduction="none")
-    rows = where.nonzero()[:, 0]
-    return torch.zeros(targets.shape[0], dtype=token_logps.dtype).index_add(0, rows, token_logps)
+    """Summed log-likelihood of each row's target tokens."""
+    losses, rows = target_losses(model, batch)
+    return torch.zeros(batch["targets"].shape[0], dtype=losses.dtype).index_add(0, rows, -losses)
 
 
 def with_reference(model: Any, pairs: list[Pair], pad_id: int, batch_size: int) -> list[Pair]:
