@@ -15,13 +15,17 @@ reports:
 - model FLOPs utilisation (MFU): tokens/s x FLOPs per token / this machine's float32 matmul FLOP/s (best of
   several 2048 x 2048 matmuls, measured in the same run). The FLOPs per trained token of LoRA training are
 
-      4 x P_body + 6 x P_lora + 4 x d x V x (loss positions / tokens)
+      4 x P_body + 6 x P_lora + 4 x d x V x (loss positions / tokens) + 12 x layers x d x context
 
   where P_body is the base's parameters less the token embedding (frozen: 2 for the forward pass, 2 for the
-  gradient of the activations), P_lora the adapter's (also 2 for their weight gradient), and d x V the
-  lm_head, needed only where a loss is taken. Attention scores are left out (short sequences). The
-  conventional 6 x P (P = every base parameter, the tied embedding counted once) is printed for reference; it
-  overstates the work of LoRA training, which computes no gradient for frozen weights.
+  gradient of the activations), P_lora the adapter's (also 2 for their weight gradient), d x V the lm_head,
+  needed only where a loss is taken, and the last term the attention scores and their weighting (4 x d x
+  context per layer forward, twice that backward, as in PaLM's MFU), with context the mean number of keys a
+  token attends to in a causal pass over a whole example. A prefix shared by a batch runs once, so the tokens
+  specialize computes attend to more keys than that mean: the term undercounts its work, never overcounts.
+  The conventional 6 x P (P = every base parameter, the tied embedding counted once) plus the same attention
+  term is printed for reference; it overstates the work of LoRA training, which computes no gradient for
+  frozen weights.
 
 Run it with `make bench`, or `python benchmarks/train_throughput.py --steps 12` (the default: 10 to 20 minutes
 on 2 cores, most of it TRL's; `--steps 2 --max-val 8` for a smoke test). Why: specialize hand-writes its
@@ -179,8 +183,8 @@ def validation_loss(
 ) -> tuple[float, float, float]:
     """Mean answer-token cross-entropy of base + `adapter` on `val_rows`, and the FLOPs per trained token.
 
-    Returns (loss, FLOPs per token as in the module docstring, 6 x base parameters); the share of tokens where
-    a loss is taken comes from `train_rows`, tokenised the same way.
+    Returns (loss, FLOPs per token as in the module docstring, 6 x base parameters + attention); the share of
+    tokens where a loss is taken and the attention context come from `train_rows`, tokenised the same way.
     """
     import torch
     import torch.nn.functional as F
@@ -199,14 +203,18 @@ def validation_loss(
             count += len(answer)
 
     encoded = [_encode(tokenizer, row["messages"]) for row in train_rows]
-    loss_share = sum(len(a) for _, a in encoded) / sum(len(p) + len(a) for p, a in encoded)
+    lengths = [len(p) + len(a) for p, a in encoded]
+    loss_share = sum(len(a) for _, a in encoded) / sum(lengths)
+    context = sum(n * (n + 1) / 2 for n in lengths) / sum(lengths)  # keys per token, causal, whole examples
+    config = base.config
+    attention = 12 * config.num_hidden_layers * config.num_attention_heads * config.head_dim * context
     named = dict(model.named_parameters())
     lora = sum(p.numel() for n, p in named.items() if "lora_" in n)
     every = sum(p.numel() for n, p in named.items() if "lora_" not in n)  # a tied embedding is listed once
     embedding = base.get_input_embeddings().weight.numel()
     head = base.get_output_embeddings().weight.numel()
     body = every - embedding - (0 if base.config.tie_word_embeddings else head)
-    return total / count, 4 * body + 6 * lora + 4 * head * loss_share, 6 * every
+    return total / count, 4 * body + 6 * lora + 4 * head * loss_share + attention, 6 * every + attention
 
 
 def matmul_flops(n: int = 2048, repeats: int = 10) -> float:
@@ -263,7 +271,7 @@ def _print_table(results: dict[str, dict[str, Any]], flops: float, steps: int, n
     print(f"validation loss, specialize vs TRL: {diff:+.2%}")
     print(f"float32 matmul (2048 x 2048):       {flops / 1e9:.1f} GFLOP/s")
     per_token, six_n = spec["flops_per_token"] / 1e6, spec["flops_6n"] / 1e6
-    print(f"FLOPs per token, LoRA / 6N:         {per_token:.0f} M / {six_n:.0f} M")
+    print(f"FLOPs per token, LoRA / 6N:         {per_token:.0f} M / {six_n:.0f} M (attention included)")
     own = spec["own_validation_loss"]
     print(f"specialize's own validation loss:   {own:.4f} (from train(), its batched loop, same examples)")
 

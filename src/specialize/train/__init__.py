@@ -92,6 +92,7 @@ def train(
     from specialize.models import load_model
     from specialize.train import checkpoint
     from specialize.train.batching import length_grouped_batches
+    from specialize.train.fused_lora import fused_lora
     from specialize.train.resources import check_resources, estimate_memory
 
     torch.manual_seed(seed)
@@ -133,7 +134,7 @@ def train(
     bar = tqdm(
         total=steps, initial=state.step, desc="train", unit="step", disable=not progress, dynamic_ncols=True
     )
-    with metrics_path.open("a", encoding="utf-8") as metrics_file:
+    with fused_lora(model), metrics_path.open("a", encoding="utf-8") as metrics_file:
         for step in range(state.step + 1, steps + 1):
             group = []
             for _ in range(config.gradient_accumulation):

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from specialize.data.template import IGNORE, Encoded
 
 MIN_SHARED_PREFIX = 16  # below this, the extra pass costs more than the tokens it saves
+PASS_COST = 32  # tokens' worth of work that one more forward pass over a group of rows costs (measured)
 
 
 def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
@@ -85,26 +86,61 @@ def summed_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tenso
 
 
 def target_losses(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The cross-entropy of every target token, and the batch row each one belongs to."""
+    """The cross-entropy of every target token, and the batch row each one belongs to.
+
+    The rows run in groups of similar length (`row_groups`), each padded only to its own longest row; a shared
+    prefix runs once and its key/value cache is repeated into every group.
+    """
+    from transformers import DynamicCache
+
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     decoder = base.get_decoder()
     n = int(batch.get("shared_prefix", 0))
+    lengths = batch["attention_mask"].sum(dim=1)
+    prefix = []
     if n:
-        rows = batch["input_ids"].shape[0]
-        cache = decoder(input_ids=batch["input_ids"][:1, :n], use_cache=True).cache
-        cache.batch_repeat_interleave(rows)
+        prefix = list(decoder(input_ids=batch["input_ids"][:1, :n], use_cache=True).cache)
+    losses, rows = [], []
+    for group in row_groups((lengths - n).tolist()):
+        index = torch.tensor(group)
+        width = int(lengths[index].max())
+        targets = batch["targets"][index, n:width]
+        cache = None
+        if n:
+            repeated = [
+                (k.expand(len(group), -1, -1, -1), v.expand(len(group), -1, -1, -1)) for k, v, *_ in prefix
+            ]
+            cache = DynamicCache(ddp_cache_data=repeated, config=base.config)
         hidden = decoder(
-            input_ids=batch["input_ids"][:, n:],
-            attention_mask=batch["attention_mask"],
+            input_ids=batch["input_ids"][index, n:width],
+            attention_mask=batch["attention_mask"][index, :width],
             cache=cache,
-            use_cache=True,
+            use_cache=bool(n),
         ).last_hidden_state
-        targets = batch["targets"][:, n:]
-    else:
-        hidden = decoder(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-        ).last_hidden_state
-        targets = batch["targets"]
-    where = targets != IGNORE
-    logits = base.get_output_embeddings()(hidden[where])
-    return F.cross_entropy(logits.float(), targets[where], reduction="none"), where.nonzero()[:, 0]
+        where = targets != IGNORE
+        logits = base.get_output_embeddings()(hidden[where])
+        losses.append(F.cross_entropy(logits.float(), targets[where], reduction="none"))
+        rows.append(index[where.nonzero()[:, 0]])
+    return torch.cat(losses), torch.cat(rows)
+
+
+def row_groups(lengths: list[int], pass_cost: int = PASS_COST) -> list[list[int]]:
+    """Row indices in groups of similar length that minimise padded tokens plus `pass_cost` per group.
+
+    A batch padded to its longest row computes every row at that width: one long row in a batch of short ones
+    can double the work. Splitting the rows into sorted runs, each padded to its own longest, removes most of
+    that padding; each extra forward pass costs about `pass_cost` tokens (per-layer overhead and smaller
+    matrix products), so a split is made only where it saves more than that. Found by dynamic programming over
+    the rows sorted by length (a batch has a handful of rows).
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    # best[j]: the cheapest cost of the first j sorted rows, and where its last group starts
+    best = [(0, 0)] + [(0, 0)] * len(order)
+    for j in range(1, len(order) + 1):
+        best[j] = min((best[i][0] + (j - i) * lengths[order[j - 1]] + pass_cost, i) for i in range(j))
+    groups, j = [], len(order)
+    while j:
+        i = best[j][1]
+        groups.append(order[i:j])
+        j = i
+    return groups[::-1]
