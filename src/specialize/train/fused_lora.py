@@ -99,7 +99,7 @@ def fused_lora(model: nn.Module) -> Iterator[int]:
 
     layers = [m for m in model.modules() if isinstance(m, Linear)]
     for layer in layers:
-        layer.forward = types.MethodType(_forward, layer)  # an instance attribute shadows the class's method
+        layer.forward = types.MethodType(_forward, layer)  # type: ignore[method-assign]  # shadows the class method
     try:
         yield len(layers)
     finally:
