@@ -135,7 +135,7 @@ def row_groups(lengths: list[int], pass_cost: int = PASS_COST) -> list[list[int]
     """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     # best[j]: the cheapest cost of the first j sorted rows, and where its last group starts
-    best = [(0, 0)] + [(0, 0)] * len(order)
+    best = [(0, 0)] * (len(order) + 1)
     for j in range(1, len(order) + 1):
         best[j] = min((best[i][0] + (j - i) * lengths[order[j - 1]] + pass_cost, i) for i in range(j))
     groups, j = [], len(order)
