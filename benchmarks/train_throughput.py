@@ -27,6 +27,10 @@ reports:
   term is printed for reference; it overstates the work of LoRA training, which computes no gradient for
   frozen weights.
 
+With `--device cuda` both sides train on the GPU under bfloat16 autocast (TRL's `bf16=True`, specialize's
+`train.precision: auto`), and MFU is taken against this GPU's bfloat16 matmul FLOP/s. `--model DIR` trains
+another model directory, e.g. a randomly initialised SmolLM2-135M where the real weights cannot be copied.
+
 Run it with `make bench`, or `python benchmarks/train_throughput.py --steps 12` (the default: 10 to 20 minutes
 on 2 cores, most of it TRL's; `--steps 2 --max-val 8` for a smoke test). Why: specialize hand-writes its
 training loop for CPU speed (see `specialize/train/batching.py`); this shows what that buys against the
@@ -55,12 +59,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12, help="optimizer steps per side (batch 8)")
     parser.add_argument("--max-val", type=int, default=64, help="validation examples to score")
     parser.add_argument("--data", type=Path, default=DATA, help="holds train.jsonl and validation.jsonl")
+    parser.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="cuda: both sides on the GPU under bfloat16 autocast, MFU against bfloat16 matmuls",
+    )
+    parser.add_argument(
+        "--model", type=Path, help="a model directory to train instead of SmolLM2-135M-Instruct"
+    )
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # child mode
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
-        args.out.write_text(json.dumps(run_side(args.side, args.work, args.steps)))
+        args.out.write_text(json.dumps(run_side(args.side, args.work, args.steps, args.device, args.model)))
         return
 
     train_rows = _read(args.data / "train.jsonl")
@@ -71,36 +84,42 @@ def main() -> None:
         _write(work / "train.jsonl", train_rows[: args.steps * BATCH])
         val_rows = _read(args.data / "validation.jsonl")[: args.max_val]
         _write(work / "validation.jsonl", val_rows)
-        flops = matmul_flops()
+        flops = matmul_flops(args.device)
         results = {}
         for side, name in SIDES.items():
             print(f"training with {name}: {args.steps} steps ...", file=sys.stderr, flush=True)
             out = work / f"{side}.json"
             cmd = [sys.executable, __file__, "--side", side, "--steps", str(args.steps), "--work", str(work)]
+            cmd += ["--device", args.device] + (["--model", str(args.model)] if args.model else [])
             started = time.perf_counter()
             child = subprocess.run([*cmd, "--out", str(out)], capture_output=True, text=True)
             if child.returncode != 0:
                 sys.exit(f"{name} failed:\n{child.stdout}{child.stderr}")
             results[side] = {**json.loads(out.read_text()), "wall_seconds": time.perf_counter() - started}
-    _print_table(results, flops, args.steps, len(val_rows))
+    _print_table(results, flops, args.steps, len(val_rows), args.device, args.model)
 
 
-def run_side(side: str, work: Path, steps: int) -> dict[str, Any]:
+def run_side(side: str, work: Path, steps: int, device: str, model: Path | None) -> dict[str, Any]:
     """Train one side in this process; report its figures (peak memory taken before validation)."""
+    import torch
+
     from specialize.models import resolve_model
 
-    model_path = resolve_model("smollm2-135m-instruct")
+    model_path = model or resolve_model("smollm2-135m-instruct")
     trainer = train_trl if side == "trl" else train_specialize
-    figures = trainer(model_path, work, steps)
+    figures = trainer(model_path, work, steps, device)
     figures["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device == "cuda":
+        figures["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
     adapter = Path(figures.pop("adapter"))
     val_rows, train_rows = _read(work / "validation.jsonl"), _read(work / "train.jsonl")
     val_loss, flops_per_token, flops_6n = validation_loss(model_path, adapter, val_rows, train_rows)
     return {**figures, "validation_loss": val_loss, "flops_per_token": flops_per_token, "flops_6n": flops_6n}
 
 
-def train_trl(model_path: Path, work: Path, steps: int) -> dict[str, Any]:
-    """TRL 1.16's SFTTrainer as its documentation configures LoRA SFT, on the CPU in float32.
+def train_trl(model_path: Path, work: Path, steps: int, device: str) -> dict[str, Any]:
+    """TRL 1.16's SFTTrainer as its documentation configures LoRA SFT: on the CPU in float32, or on a GPU
+    with its default bfloat16 mixed precision.
 
     The data is given in TRL's conversational prompt-completion format (prompt = the user turn, completion =
     the assistant turn), for which `completion_only_loss` (the default there, set explicitly) puts the loss on
@@ -119,9 +138,9 @@ def train_trl(model_path: Path, work: Path, steps: int) -> dict[str, Any]:
     rows = [{"prompt": m[:-1], "completion": m[-1:]} for m in messages]
     args = SFTConfig(
         output_dir=str(work / "trl"),
-        use_cpu=True,
-        model_init_kwargs={"dtype": "float32"},
-        bf16=False,  # SFTConfig turns bf16 on by default; specialize trains in float32
+        use_cpu=device == "cpu",
+        model_init_kwargs={"dtype": "float32"},  # float32 weights; on a GPU, bfloat16 autocast on top
+        bf16=device == "cuda",  # SFTConfig's default; off on the CPU, where specialize trains in float32
         # SFTConfig turns gradient checkpointing on by default, recomputing the forward pass (a third more
         # work) to save memory; specialize keeps activations, so both do the same arithmetic here.
         gradient_checkpointing=False,
@@ -149,7 +168,7 @@ def train_trl(model_path: Path, work: Path, steps: int) -> dict[str, Any]:
     return {"adapter": str(work / "trl" / "adapter"), "tokens": int(tokens), "train_seconds": seconds}
 
 
-def train_specialize(model_path: Path, work: Path, steps: int) -> dict[str, Any]:
+def train_specialize(model_path: Path, work: Path, steps: int, device: str) -> dict[str, Any]:
     """specialize's `train()`; its `seconds` times the training loop alone, like the timer around TRL's."""
     from specialize.config import LoraConfig, TrainConfig
     from specialize.train import train
@@ -159,6 +178,7 @@ def train_specialize(model_path: Path, work: Path, steps: int) -> dict[str, Any]
         batch_size=BATCH,
         lora=LoraConfig(rank=RANK, alpha=ALPHA),
         learning_rate=LEARNING_RATE,
+        device=device,  # precision auto: float32 on the CPU, bfloat16 autocast on a GPU
     )
     result = train(
         config,
@@ -217,16 +237,21 @@ def validation_loss(
     return total / count, 4 * body + 6 * lora + 4 * head * loss_share + attention, 6 * every + attention
 
 
-def matmul_flops(n: int = 2048, repeats: int = 10) -> float:
-    """Float32 FLOP/s of this machine: the best of `repeats` n x n matmuls, after a warm-up."""
+def matmul_flops(device: str = "cpu", repeats: int = 10) -> float:
+    """Matmul FLOP/s of this machine: the best of `repeats` square products after a warm-up; float32 2048 x
+    2048 on the CPU, bfloat16 8192 x 8192 on a GPU (the precision each side trains in there)."""
     import torch
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    n, dtype = (2048, torch.float32) if device == "cpu" else (8192, torch.bfloat16)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     a @ b
+    sync()
     best = float("inf")
     for _ in range(repeats):
         started = time.perf_counter()
         a @ b
+        sync()
         best = min(best, time.perf_counter() - started)
     return 2 * n**3 / best
 
@@ -238,7 +263,9 @@ def _encode(tokenizer: Any, messages: list[dict[str, str]]) -> list[list[int]]:
     return [tokenizer(text, add_special_tokens=False)["input_ids"] for text in (prompt, answer)]
 
 
-def _print_table(results: dict[str, dict[str, Any]], flops: float, steps: int, n_val: int) -> None:
+def _print_table(
+    results: dict[str, dict[str, Any]], flops: float, steps: int, n_val: int, device: str, model: Path | None
+) -> None:
     trl, spec = results["trl"], results["specialize"]
     for r in results.values():
         # MFU counts the work done: specialize runs a prompt prefix shared by a batch once, so it computes
@@ -254,13 +281,15 @@ def _print_table(results: dict[str, dict[str, Any]], flops: float, steps: int, n
         ("tokens/s", "tokens_per_second", "{:.1f}"),
         (f"validation loss ({n_val} examples)", "validation_loss", "{:.4f}"),
         ("peak memory, RSS (MiB)", "peak_rss_mib", "{:,.0f}"),
+        *([("peak GPU memory allocated (MiB)", "peak_gpu_mib", "{:,.0f}")] if device == "cuda" else []),
         ("process wall time (s)", "wall_seconds", "{:.1f}"),
         ("MFU", "mfu", "{:.1%}"),
         ("MFU with 6N", "mfu_6n", "{:.1%}"),
     ]
+    precision = "float32 on the CPU" if device == "cpu" else "bfloat16 autocast on the GPU"
     print(
-        f"\nSmolLM2-135M-Instruct, LoRA r={RANK} all-linear, float32, batch {BATCH}, {steps} steps "
-        f"on the same {steps * BATCH} examples"
+        f"\n{model or 'SmolLM2-135M-Instruct'}, LoRA r={RANK} all-linear, {precision}, batch {BATCH}, "
+        f"{steps} steps on the same {steps * BATCH} examples"
     )
     print(f"{'':38}{SIDES['trl']:>16}{SIDES['specialize']:>14}")
     for label, key, fmt in rows:
@@ -269,7 +298,8 @@ def _print_table(results: dict[str, dict[str, Any]], flops: float, steps: int, n
     diff = (spec["validation_loss"] - trl["validation_loss"]) / trl["validation_loss"]
     print(f"\nspecialize / TRL tokens/s:          {speedup:.2f}x")
     print(f"validation loss, specialize vs TRL: {diff:+.2%}")
-    print(f"float32 matmul (2048 x 2048):       {flops / 1e9:.1f} GFLOP/s")
+    matmul = "float32 matmul (2048 x 2048):" if device == "cpu" else "bfloat16 matmul (8192 x 8192):"
+    print(f"{matmul:36}{flops / 1e9:,.1f} GFLOP/s")
     per_token, six_n = spec["flops_per_token"] / 1e6, spec["flops_6n"] / 1e6
     print(f"FLOPs per token, LoRA / 6N:         {per_token:.0f} M / {six_n:.0f} M (attention included)")
     own = spec["own_validation_loss"]

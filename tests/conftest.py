@@ -44,6 +44,16 @@ N_TRAIN = 48
 N_VALIDATION = 12
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` run where PyTorch sees a CUDA GPU and are skipped, saying so, elsewhere."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pathlib.Path]:
     """SPECIALIZE_HOME in a temporary folder (never ~/.cache), one thread in any subprocess."""

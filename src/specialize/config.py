@@ -166,6 +166,13 @@ class TrainConfig(_Section):
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: a CUDA GPU when PyTorch sees one, else the CPU."
+    )
+    precision: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="auto: bfloat16 autocast on a GPU with bfloat16 units, float32 elsewhere (the CPU's fast path).",
+    )
     log_every: int = Field(5, gt=0, description="Record the loss every this many steps.")
     checkpoints: CheckpointConfig = Field(default_factory=CheckpointConfig)
     early_stopping: EarlyStoppingConfig | None = Field(None, description="null trains for the full length.")

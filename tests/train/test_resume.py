@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -27,16 +28,23 @@ train(config, *map(Path, sys.argv[2:6]), seed=0, progress=False)
 """
 
 
-def _config() -> TrainConfig:
-    return TrainConfig(max_steps=STEPS, batch_size=4, learning_rate=5e-3, checkpoints={"every": 2, "keep": 2})
+def _config(device: str = "cpu") -> TrainConfig:
+    return TrainConfig(
+        max_steps=STEPS,
+        batch_size=4,
+        learning_rate=5e-3,
+        checkpoints={"every": 2, "keep": 2},
+        device=device,
+    )
 
 
 def _weights(adapter_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(adapter_dir / "adapter_model.safetensors")
 
 
-def test_sigkill_then_resume_equals_uninterrupted(tmp_path, tiny_model_dir, chat_dataset):
-    config = _config()
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, tiny_model_dir, chat_dataset, device):
+    config = _config(device)
     files = (str(tiny_model_dir), str(chat_dataset.train), str(chat_dataset.validation))
     reference = train(config, *map(Path, files), tmp_path / "uninterrupted", seed=0, progress=False)
 

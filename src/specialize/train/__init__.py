@@ -93,15 +93,19 @@ def train(
     from specialize.train import checkpoint
     from specialize.train.batching import length_grouped_batches
     from specialize.train.fused_lora import fused_lora
+    from specialize.train.placement import choose_placement
     from specialize.train.resources import check_resources, estimate_memory
 
+    placement = choose_placement(config.device, config.precision)
+    log.info("training on %s", placement.describe())
     torch.manual_seed(seed)
     rng = random.Random(seed)
     model, tokenizer = load_model(model_path)
-    model = _prepare_model(model, config)
+    model = _prepare_model(model.to(placement.device), config)
     objective = _objective(config, tokenizer.pad_token_id)
-    train_set = objective.encode(model, tokenizer, read_prepared(train_file))
-    val_set = objective.encode(model, tokenizer, read_prepared(validation_file))
+    with placement.autocast():  # DPO scores its reference here
+        train_set = objective.encode(model, tokenizer, read_prepared(train_file))
+        val_set = objective.encode(model, tokenizer, read_prepared(validation_file))
     lengths = [objective.length(e) for e in train_set]
     params = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in params)
@@ -111,10 +115,17 @@ def train(
         disk_needed=n_trainable * 4 * (config.checkpoints.keep * 3 + 2),
         out_dir=out_dir,
         batch_size=config.batch_size,
+        device=placement.device,
     )
     per_step = config.batch_size * config.gradient_accumulation
     steps = config.max_steps or max(1, math.ceil(config.epochs * len(train_set) / per_step))
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    # The fused AdamW updates every tensor in one kernel (one pass over memory per step instead of a dozen).
+    optimizer = torch.optim.AdamW(
+        params,
+        lr=config.learning_rate,
+        weight_decay=config.weight_decay,
+        fused=placement.device.type == "cuda",
+    )
     scheduler = _schedule(optimizer, steps, config.warmup_ratio)
 
     ckpt_dir = out_dir / "checkpoints"
@@ -144,7 +155,8 @@ def train(
             n_targets = sum(objective.count(b) for b in group)
             step_loss = 0.0
             for batch in group:
-                loss_sum = objective.loss(model, batch)
+                with placement.autocast():
+                    loss_sum = objective.loss(model, batch)
                 (loss_sum / n_targets).backward()
                 step_loss += loss_sum.item()
                 state.tokens += int(batch["attention_mask"].sum())
@@ -175,7 +187,8 @@ def train(
                 }
             stop = config.early_stopping
             if stop is not None and (step % stop.eval_every == 0 or step == steps):
-                row["validation_loss"] = objective.validation(model, val_set)
+                with placement.autocast():
+                    row["validation_loss"] = objective.validation(model, val_set)
                 stopped_early = _track_best(model, tokenizer, out_dir, state, row["validation_loss"], stop)
             if row:
                 metrics_file.write(json.dumps({"step": step, **row}) + "\n")
@@ -197,7 +210,8 @@ def train(
         output = _promote(best, out_dir, adapter=config.adapter is not None)
         val_loss = state.best_validation_loss if state.best_validation_loss is not None else float("nan")
     else:
-        val_loss = objective.validation(model, val_set)
+        with placement.autocast():
+            val_loss = objective.validation(model, val_set)
         output = _save_atomic(
             model, tokenizer, out_dir / ("adapter" if config.adapter is not None else "model")
         )

@@ -96,14 +96,16 @@ def target_losses(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Ten
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     decoder = base.get_decoder()
     n = int(batch.get("shared_prefix", 0))
-    lengths = batch["attention_mask"].sum(dim=1)
+    lengths = batch["attention_mask"].sum(dim=1).tolist()  # read on the CPU, where batches are collated
+    device = base.get_input_embeddings().weight.device
+    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     prefix = []
     if n:
         prefix = list(decoder(input_ids=batch["input_ids"][:1, :n], use_cache=True).cache)
     losses, rows = [], []
-    for group in row_groups((lengths - n).tolist()):
-        index = torch.tensor(group)
-        width = int(lengths[index].max())
+    for group in row_groups([length - n for length in lengths]):
+        index = torch.tensor(group, device=device)
+        width = max(lengths[i] for i in group)
         targets = batch["targets"][index, n:width]
         cache = None
         if n:

@@ -62,6 +62,7 @@ def save(
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         },
         staging / "optimizer.pt",
     )
@@ -84,10 +85,14 @@ def load(path: Path, model: Any, optimizer: Any, scheduler: Any, rng: random.Ran
     with torch.no_grad():
         for name, tensor in weights.items():
             params[name].copy_(tensor)
-    extra = torch.load(path / "optimizer.pt", weights_only=False)
+    # Onto the CPU first: the optimizer moves its state to its parameters' device, so a run checkpointed on
+    # a GPU resumes on a machine without one.
+    extra = torch.load(path / "optimizer.pt", weights_only=False, map_location="cpu")
     optimizer.load_state_dict(extra["optimizer"])
     scheduler.load_state_dict(extra["scheduler"])
     torch.set_rng_state(extra["torch_rng"])
+    if extra.get("cuda_rng") and torch.cuda.device_count() == len(extra["cuda_rng"]):
+        torch.cuda.set_rng_state_all(extra["cuda_rng"])
     doc = json.loads((path / "state.json").read_text(encoding="utf-8"))
     rng.setstate(_rng_from_json(doc.pop("python_rng")))
     return TrainerState(**doc)

@@ -25,7 +25,11 @@ from torch import nn
 
 
 class _LoraLinear(torch.autograd.Function):
-    """y = x W^T + b + scale * (x A^T) B^T with W and b frozen; gradients for x, A and B."""
+    """y = x W^T + b + scale * (x A^T) B^T with W and b frozen; gradients for x, A and B.
+
+    Every product runs in `dtype` (the autocast dtype under autocast, as PEFT's layers would; else the
+    tensors' own); autograd casts the gradients back to the dtype of each input.
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -36,8 +40,11 @@ class _LoraLinear(torch.autograd.Function):
         lora_a: torch.Tensor,
         lora_b: torch.Tensor,
         scale: float,
+        dtype: torch.dtype,
     ) -> torch.Tensor:
-        flat = x.reshape(-1, x.shape[-1])
+        flat = x.reshape(-1, x.shape[-1]).to(dtype)
+        weight, lora_a, lora_b = weight.to(dtype), lora_a.to(dtype), lora_b.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
         low = flat @ lora_a.t()
         out = flat @ weight.t() if bias is None else torch.addmm(bias, flat, weight.t())
         out.addmm_(low, lora_b.t(), alpha=scale)
@@ -48,7 +55,7 @@ class _LoraLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         flat, weight, lora_a, lora_b, low = ctx.saved_tensors
-        g = grad.reshape(-1, grad.shape[-1])
+        g = grad.reshape(-1, grad.shape[-1]).to(flat.dtype)
         g_low = g @ lora_b
         grad_x = None
         if ctx.needs_input_grad[0]:
@@ -56,12 +63,13 @@ class _LoraLinear(torch.autograd.Function):
             grad_x = grad_x.view(*grad.shape[:-1], flat.shape[-1])
         grad_a = (g_low.t() @ flat).mul_(ctx.scale)
         grad_b = (g.t() @ low).mul_(ctx.scale)
-        return grad_x, None, None, grad_a, grad_b, None
+        return grad_x, None, None, grad_a, grad_b, None, None
 
 
 def _forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
     """Replaces a PEFT LoRA Linear's `forward`: the fused path where it applies, PEFT's otherwise."""
     names = self.active_adapters
+    autocast = torch.is_autocast_enabled(x.device.type)
     if (
         kwargs.get("adapter_names") is None
         and not self.disable_adapters
@@ -79,7 +87,7 @@ def _forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
             and isinstance(self.lora_dropout[name], nn.Identity)
             and not base.weight.requires_grad
             and (base.bias is None or not base.bias.requires_grad)
-            and x.dtype == base.weight.dtype == self.lora_A[name].weight.dtype
+            and (autocast or x.dtype == base.weight.dtype == self.lora_A[name].weight.dtype)
         ):
             return _LoraLinear.apply(
                 x,
@@ -88,6 +96,7 @@ def _forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
                 self.lora_A[name].weight,
                 self.lora_B[name].weight,
                 self.scaling[name],
+                torch.get_autocast_dtype(x.device.type) if autocast else x.dtype,
             )
     return type(self).forward(self, x, *args, **kwargs)
 

@@ -70,7 +70,8 @@ def collate_pairs(pairs: list[Pair], pad_id: int) -> dict[str, torch.Tensor]:
 def sequence_logps(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Summed log-likelihood of each row's target tokens."""
     losses, rows = target_losses(model, batch)
-    return torch.zeros(batch["targets"].shape[0], dtype=losses.dtype).index_add(0, rows, -losses)
+    zeros = torch.zeros(batch["targets"].shape[0], dtype=losses.dtype, device=losses.device)
+    return zeros.index_add(0, rows, -losses)
 
 
 def with_reference(model: Any, pairs: list[Pair], pad_id: int, batch_size: int) -> list[Pair]:
@@ -92,7 +93,7 @@ def dpo_loss(model: Any, batch: dict[str, torch.Tensor], beta: float) -> tuple[t
     """Summed DPO loss of a batch of pairs, the number of pairs, and how many the policy already ranks right."""
     logps = sequence_logps(model, batch)
     n = logps.shape[0] // 2
-    gained = logps - batch["reference"]
+    gained = logps - batch["reference"].to(logps.device)
     margin = beta * (gained[:n] - gained[n:])
     return -F.logsigmoid(margin).sum(), n, int((margin > 0).sum())
 

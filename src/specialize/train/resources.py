@@ -61,12 +61,23 @@ def available_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def check_resources(estimate: MemoryEstimate, disk_needed: int, out_dir: Path, batch_size: int) -> None:
-    """Raise ResourceError, before training starts, when memory or disk is short."""
-    free_memory = available_memory()
+def available_gpu_memory(device: Any) -> int:
+    """Free memory of a CUDA device, as the driver reports it (other processes' use counted)."""
+    import torch
+
+    return int(torch.cuda.mem_get_info(device)[0])
+
+
+def check_resources(
+    estimate: MemoryEstimate, disk_needed: int, out_dir: Path, batch_size: int, device: Any = None
+) -> None:
+    """Raise ResourceError, before training starts, when memory (GPU memory on a GPU) or disk is short."""
+    on_gpu = device is not None and device.type == "cuda"
+    free_memory = available_gpu_memory(device) if on_gpu else available_memory()
     if estimate.total > free_memory:
+        where = f"GPU memory on {device}" if on_gpu else "memory"
         raise ResourceError(
-            f"training needs about {estimate.describe()}, {free_memory / GIB:.1f} GiB available; lower "
+            f"training needs about {estimate.describe()} of {where}, {free_memory / GIB:.1f} GiB available; lower "
             f"train.batch_size (e.g. --set train.batch_size={max(1, batch_size // 2)} with "
             f"train.gradient_accumulation doubled) or data.max_tokens"
         )

@@ -1,0 +1,67 @@
+"""Where training runs and in which precision: the CPU in float32, or a CUDA GPU under bfloat16 autocast.
+
+On a CPU without bfloat16 units (most laptops and CI machines) float32 is the fast path: bfloat16 matrix
+products there run many times slower. On a GPU with bfloat16 tensor cores the same products run an order of
+magnitude faster than float32, so `auto` picks bfloat16 autocast there: the weights, their gradients and the
+optimizer state stay float32 (the master copy every step updates), only the products run in bfloat16. That
+also needs no loss scaling, unlike float16, which is why float16 is not offered.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from specialize.errors import ResourceError
+
+DeviceChoice = Literal["auto", "cpu", "cuda"]
+PrecisionChoice = Literal["auto", "float32", "bfloat16"]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """The device of a training run and the dtype its matrix products run in under autocast (None: float32)."""
+
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+
+    def autocast(self) -> AbstractContextManager[None]:
+        """The autocast block forward passes run in; a no-op in float32."""
+        return torch.autocast(
+            self.device.type,
+            dtype=self.autocast_dtype or torch.float32,
+            enabled=self.autocast_dtype is not None,
+        )
+
+    def describe(self) -> str:
+        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "CPU"
+        precision = "float32" if self.autocast_dtype is None else f"{_NAMES[self.autocast_dtype]} autocast"
+        return f"{name}, {precision}"
+
+
+_NAMES = {torch.bfloat16: "bfloat16"}
+
+
+def choose_placement(device: DeviceChoice, precision: PrecisionChoice) -> Placement:
+    """Resolve `train.device` and `train.precision`; a GPU asked for but absent is an error, not a silent CPU run."""
+    cuda = torch.cuda.is_available()
+    if device == "cuda" and not cuda:
+        raise ResourceError(
+            "train.device is cuda but PyTorch sees no CUDA GPU (a CPU-only PyTorch build, or no driver); set "
+            "train.device to auto or cpu"
+        )
+    chosen = torch.device("cuda" if device == "cuda" or (device == "auto" and cuda) else "cpu")
+    if precision == "float32":
+        return Placement(chosen, None)
+    bf16_units = chosen.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+    if precision == "bfloat16" and chosen.type == "cuda" and not bf16_units:
+        raise ResourceError(
+            f"train.precision is bfloat16 but {torch.cuda.get_device_name(chosen)} has no bfloat16 units; set "
+            "train.precision to auto or float32"
+        )
+    if precision == "bfloat16" or bf16_units:
+        return Placement(chosen, torch.bfloat16)
+    return Placement(chosen, None)

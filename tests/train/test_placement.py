@@ -1,0 +1,150 @@
+"""Training on a GPU under bfloat16 autocast gives what float32 on the CPU gives, within bfloat16's precision.
+
+Tests marked `gpu` run where PyTorch sees a CUDA GPU (conftest skips them elsewhere); the bfloat16 ones without
+the mark run the same autocast code on the CPU, so CI covers it too.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from specialize.config import TrainConfig
+from specialize.data import encode_conversation
+from specialize.errors import ResourceError
+from specialize.train import train
+from specialize.train.batching import collate, target_losses
+from specialize.train.fused_lora import fused_lora
+from specialize.train.placement import choose_placement
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+def _lora_model(tiny_model_dir, device):
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).to(device)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    return get_peft_model(base, config).train()
+
+
+def _loss_and_grads(model, ids, autocast):
+    model.zero_grad()
+    with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=autocast):
+        loss = model(input_ids=ids, labels=ids).loss
+    fused = _has_fused_node(loss.grad_fn)
+    loss.backward()
+    return (
+        loss.detach().float().cpu(),
+        {n: p.grad.float().cpu() for n, p in model.named_parameters() if p.requires_grad},
+        fused,
+    )
+
+
+def _has_fused_node(fn):
+    seen, todo = set(), [fn]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        if type(node).__name__ == "_LoraLinearBackward":
+            return True
+        seen.add(node)
+        todo += [next_fn for next_fn, _ in node.next_functions]
+    return False
+
+
+def _relative_error(got, expected):
+    return float((got - expected).norm() / expected.norm().clamp_min(1e-12))
+
+
+def test_auto_is_float32_on_a_machine_without_a_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    placement = choose_placement("auto", "auto")
+    assert placement.device.type == "cpu" and placement.autocast_dtype is None
+    assert choose_placement("cpu", "bfloat16").autocast_dtype == torch.bfloat16
+
+
+def test_asking_for_a_gpu_that_is_not_there_names_the_setting():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ResourceError, match="train.device is cuda .* set train.device to auto or cpu"):
+        choose_placement("cuda", "auto")
+
+
+@pytest.mark.gpu
+def test_auto_picks_the_gpu_and_bfloat16():
+    placement = choose_placement("auto", "auto")
+    assert placement.device.type == "cuda"
+    assert placement.autocast_dtype == (torch.bfloat16 if torch.cuda.is_bf16_supported() else None)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_lora_under_bfloat16_autocast_tracks_peft(tiny_model_dir, device):
+    model = _lora_model(tiny_model_dir, device)
+    ids = torch.randint(0, model.config.vocab_size, (3, 12), generator=torch.Generator().manual_seed(1))
+    ids = ids.to(device)
+    exact_loss, exact, _ = _loss_and_grads(model, ids, autocast=False)
+    peft_loss, peft, _ = _loss_and_grads(model, ids, autocast=True)
+    with fused_lora(model):
+        fused_loss, fused, took_fused_path = _loss_and_grads(model, ids, autocast=True)
+    assert took_fused_path
+    # Both bfloat16 runs are within bfloat16's precision of float32; the fused one no further than PEFT's.
+    torch.testing.assert_close(fused_loss, exact_loss, rtol=1e-2, atol=1e-2)
+    for name, grad in exact.items():
+        assert fused[name].dtype == torch.float32, name  # gradients land in the float32 master weights
+        assert _relative_error(fused[name], grad) < max(0.05, 1.5 * _relative_error(peft[name], grad)), name
+    assert abs(float(peft_loss - exact_loss)) < 1e-2
+
+
+@pytest.mark.gpu
+def test_target_losses_on_the_gpu_equal_the_cpu(tiny_model_dir, tiny_tokenizer):
+    """Shared prefix, row groups and the row index of every loss, moved to the GPU, in float32."""
+    rows = [("late parcel", "shipping"), ("refund", "billing"), ("win", "spam")]
+    rows.append((" ".join(["the parcel never came and nobody answers"] * 12), "shipping"))
+    prompt = "Classify the customer message into billing, shipping or spam. Reply with the label only.\n\n"
+    examples = [
+        encode_conversation(
+            tiny_tokenizer, [{"role": "user", "content": prompt + t}, {"role": "assistant", "content": a}]
+        )
+        for t, a in rows
+    ]
+    batch = collate(examples, tiny_tokenizer.pad_token_id)
+    assert int(batch["shared_prefix"]) > 0
+    results = {}
+    for device in ("cpu", "cuda"):
+        model = _lora_model(tiny_model_dir, device)
+        losses, index = target_losses(model, batch)
+        losses.sum().backward()
+        grads = {n: p.grad.cpu() for n, p in model.named_parameters() if p.requires_grad}
+        results[device] = (losses.detach().cpu(), index.cpu(), grads)
+    torch.testing.assert_close(results["cuda"][0], results["cpu"][0], rtol=1e-4, atol=1e-4)
+    assert torch.equal(results["cuda"][1], results["cpu"][1])
+    for name, grad in results["cpu"][2].items():
+        torch.testing.assert_close(results["cuda"][2][name], grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bfloat16_training_tracks_float32(tmp_path, tiny_model_dir, chat_dataset, device, caplog):
+    """The same steps in float32 on the CPU and under bfloat16 autocast reach about the same validation loss."""
+    files = (tiny_model_dir, chat_dataset.train, chat_dataset.validation)
+    common = {"max_steps": 12, "batch_size": 4, "learning_rate": 5e-3}
+    exact = train(
+        TrainConfig(**common, device="cpu", precision="float32"), *files, tmp_path / "f32", progress=False
+    )
+    with caplog.at_level(logging.INFO, logger="specialize.train"):
+        mixed = train(
+            TrainConfig(**common, device=device, precision="bfloat16"),
+            *files,
+            tmp_path / "bf16",
+            progress=False,
+        )
+    assert "bfloat16 autocast" in caplog.text
+    assert mixed.validation_loss == pytest.approx(exact.validation_loss, rel=0.03)
+    weights = load_file(mixed.output_dir / "adapter_model.safetensors")
+    assert {w.dtype for w in weights.values()} == {torch.float32}
