@@ -91,7 +91,7 @@ def train(
 
     from specialize.models import load_model
     from specialize.train import checkpoint
-    from specialize.train.batching import length_grouped_batches
+    from specialize.train.batching import computed_tokens, length_grouped_batches
     from specialize.train.fused_lora import fused_lora
     from specialize.train.placement import choose_placement
     from specialize.train.resources import check_resources, estimate_memory
@@ -160,9 +160,7 @@ def train(
                 (loss_sum / n_targets).backward()
                 step_loss += loss_sum.item()
                 state.tokens += int(batch["attention_mask"].sum())
-                state.computed_tokens += int(batch["attention_mask"].sum()) - int(batch["shared_prefix"]) * (
-                    len(batch["input_ids"]) - 1
-                )
+                state.computed_tokens += computed_tokens(batch, placement.device)
             last_loss = step_loss / n_targets
             if not math.isfinite(last_loss):
                 raise TrainingError(
