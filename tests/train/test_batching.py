@@ -12,6 +12,7 @@ from specialize.data import encode_conversation
 from specialize.train.batching import (
     collate,
     length_grouped_batches,
+    passes,
     row_groups,
     shared_prefix_length,
     summed_loss,
@@ -133,3 +134,9 @@ def test_row_groups_split_only_where_padding_outweighs_a_pass():
     groups = row_groups([92, 95, 92, 173, 108, 111])
     assert groups[-1] == [3] and sorted(i for g in groups for i in g) == list(range(6))
     assert row_groups([10, 200], pass_cost=1000) == [[0, 1]]
+
+
+def test_a_gpu_runs_a_batch_in_one_padded_pass_and_a_cpu_saves_prefix_and_padding():
+    lengths = [92, 95, 92, 173]
+    assert passes(torch.device("cuda"), 40, lengths) == (0, [[0, 1, 2, 3]])
+    assert passes(torch.device("cpu"), 40, lengths) == (40, row_groups([52, 55, 52, 133]))

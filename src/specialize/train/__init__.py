@@ -101,7 +101,8 @@ def train(
     torch.manual_seed(seed)
     rng = random.Random(seed)
     model, tokenizer = load_model(model_path)
-    model = _prepare_model(model.to(placement.device), config)
+    # The adapter is drawn on the CPU, then moved: the same seed gives the same start on any device.
+    model = _prepare_model(model, config).to(placement.device)
     objective = _objective(config, tokenizer.pad_token_id)
     with placement.autocast():  # DPO scores its reference here
         train_set = objective.encode(model, tokenizer, read_prepared(train_file))
