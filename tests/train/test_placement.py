@@ -14,6 +14,7 @@ from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from specialize.cli.main import main
 from specialize.config import TrainConfig
 from specialize.data import encode_conversation
 from specialize.errors import ResourceError
@@ -75,6 +76,15 @@ def test_asking_for_a_gpu_that_is_not_there_names_the_setting():
         pytest.skip("this machine has a GPU")
     with pytest.raises(ResourceError, match="train.device is cuda .* set train.device to auto or cpu"):
         choose_placement("cuda", "auto")
+
+
+def test_specialize_run_on_a_missing_gpu_stops_before_creating_a_run(run_config, tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    code = main(["--quiet", "run", str(run_config), "--set", "train.device=cuda"])
+    err = capsys.readouterr().err
+    assert code != 0 and err.startswith("error: ") and "train.device" in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists() or not [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
 
 
 @pytest.mark.gpu

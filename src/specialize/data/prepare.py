@@ -216,8 +216,10 @@ def prepare_run(config: RunConfig, out_dir: Path | None = None) -> tuple[Prepare
     from transformers import AutoTokenizer
 
     from specialize.models import check_model, resolve_model
+    from specialize.train.placement import choose_placement
 
     check_model(config.base_model)
+    choose_placement(config.train.device, config.train.precision)  # a GPU asked for but absent fails here
     loaded = load_examples(config.data)
     _check_method(config, loaded)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(config.base_model))

@@ -38,11 +38,8 @@ class Placement:
 
     def describe(self) -> str:
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "CPU"
-        precision = "float32" if self.autocast_dtype is None else f"{_NAMES[self.autocast_dtype]} autocast"
+        precision = "float32" if self.autocast_dtype is None else f"{str(self.autocast_dtype)[6:]} autocast"
         return f"{name}, {precision}"
-
-
-_NAMES = {torch.bfloat16: "bfloat16"}
 
 
 def choose_placement(device: DeviceChoice, precision: PrecisionChoice) -> Placement:
