@@ -6,9 +6,9 @@ with a 49 k vocabulary the `lm_head` is a fifth of all FLOPs, yet SFT on short a
 per sequence). Length-grouped batches and a projection of only the target positions remove most of both.
 
 A third cost is repetition: task datasets repeat the same system prompt and instructions in every example (85 of
-the 140 tokens of a legal_unfair_tos example). The prefix that all rows of a batch share is run once, its
-key/value cache repeated over the batch, and only the rows' own tokens run per row. Gradients flow back through
-the repeated cache into the one prefix pass, so loss and gradients are those of the plain batch (tested).
+the 140 tokens of a legal_unfair_tos example). The prefix that all rows of a batch share runs once, and the whole
+batch runs as one packed pass with no padding at all (`packing.py`); loss and gradients are those of the plain
+padded batch (tested).
 """
 
 from __future__ import annotations
@@ -20,9 +20,6 @@ import torch
 import torch.nn.functional as F
 
 from specialize.data.template import IGNORE, Encoded
-
-MIN_SHARED_PREFIX = 16  # below this, the extra pass costs more than the tokens it saves
-PASS_COST = 32  # tokens' worth of work that one more forward pass over a group of rows costs (measured)
 
 
 def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
@@ -72,7 +69,7 @@ def shared_prefix_length(examples: list[Encoded]) -> int:
     n = min(len(e.input_ids) for e in examples) - 1
     for e in examples:
         n = next((i for i in range(n) if e.input_ids[i] != first[i] or e.labels[i + 1] != IGNORE), n)
-    return n if n >= MIN_SHARED_PREFIX else 0
+    return n
 
 
 def summed_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
@@ -88,59 +85,21 @@ def summed_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tenso
 def target_losses(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """The cross-entropy of every target token, and the batch row each one belongs to.
 
-    The rows run in groups of similar length (`row_groups`), each padded only to its own longest row; a shared
-    prefix runs once and its key/value cache is repeated into every group.
+    The batch runs as one packed pass (`packing.packed_forward`: the shared prefix once, each row's own tokens,
+    no padding) where the architecture allows; otherwise as the plain padded batch.
     """
-    from transformers import DynamicCache
+    from specialize.train.packing import packed_forward, supports
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     decoder = base.get_decoder()
-    n = int(batch.get("shared_prefix", 0))
-    lengths = batch["attention_mask"].sum(dim=1)
-    prefix = []
-    if n:
-        prefix = list(decoder(input_ids=batch["input_ids"][:1, :n], use_cache=True).cache)
-    losses, rows = [], []
-    for group in row_groups((lengths - n).tolist()):
-        index = torch.tensor(group)
-        width = int(lengths[index].max())
-        targets = batch["targets"][index, n:width]
-        cache = None
-        if n:
-            repeated = [
-                (k.expand(len(group), -1, -1, -1), v.expand(len(group), -1, -1, -1)) for k, v, *_ in prefix
-            ]
-            cache = DynamicCache(ddp_cache_data=repeated, config=base.config)
+    if supports(decoder.config):
+        hidden, targets, rows = packed_forward(decoder, batch)
+    else:
         hidden = decoder(
-            input_ids=batch["input_ids"][index, n:width],
-            attention_mask=batch["attention_mask"][index, :width],
-            cache=cache,
-            use_cache=bool(n),
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
         ).last_hidden_state
-        where = targets != IGNORE
-        logits = base.get_output_embeddings()(hidden[where])
-        losses.append(F.cross_entropy(logits.float(), targets[where], reduction="none"))
-        rows.append(index[where.nonzero()[:, 0]])
-    return torch.cat(losses), torch.cat(rows)
-
-
-def row_groups(lengths: list[int], pass_cost: int = PASS_COST) -> list[list[int]]:
-    """Row indices in groups of similar length that minimise padded tokens plus `pass_cost` per group.
-
-    A batch padded to its longest row computes every row at that width: one long row in a batch of short ones
-    can double the work. Splitting the rows into sorted runs, each padded to its own longest, removes most of
-    that padding; each extra forward pass costs about `pass_cost` tokens (per-layer overhead and smaller
-    matrix products), so a split is made only where it saves more than that. Found by dynamic programming over
-    the rows sorted by length (a batch has a handful of rows).
-    """
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    # best[j]: the cheapest cost of the first j sorted rows, and where its last group starts
-    best = [(0, 0)] * (len(order) + 1)
-    for j in range(1, len(order) + 1):
-        best[j] = min((best[i][0] + (j - i) * lengths[order[j - 1]] + pass_cost, i) for i in range(j))
-    groups, j = [], len(order)
-    while j:
-        i = best[j][1]
-        groups.append(order[i:j])
-        j = i
-    return groups[::-1]
+        targets = batch["targets"]
+        rows = torch.arange(len(targets), device=targets.device)[:, None].expand_as(targets)
+    where = targets != IGNORE
+    logits = base.get_output_embeddings()(hidden[where])
+    return F.cross_entropy(logits.float(), targets[where], reduction="none"), rows[where]
