@@ -16,14 +16,14 @@ from transformers import (
 
 from specialize.data import encode_conversation
 from specialize.train.batching import collate, summed_loss
-from specialize.train.packing import supports
+from specialize.train.packing import attention_groups, supports
 
 INSTRUCTIONS = "Classify the customer message into billing, shipping or spam. Reply with the label only.\n\n"
 ROWS = [
     ("late parcel", "shipping"),
     ("refund", "billing"),
     ("win", "spam"),
-    (" ".join(["the parcel never came and nobody answers"] * 6), "shipping"),
+    (" ".join(["the parcel never came and nobody answers"] * 12), "shipping"),
 ]
 SIZES = dict(
     hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
@@ -69,6 +69,8 @@ def test_a_packed_batch_gives_the_per_example_loss_and_gradients(lora_model, tin
     ]
     batch = collate(examples, tiny_tokenizer.pad_token_id)
     assert int(batch["shared_prefix"]) > 16
+    own = (batch["attention_mask"].sum(1) - batch["shared_prefix"]).tolist()
+    assert len(attention_groups(own, int(batch["shared_prefix"]))) == 2  # the long row attends alone
     if not shared_prefix:
         batch["shared_prefix"] = torch.tensor(0)
     lora_model.zero_grad()
@@ -87,3 +89,9 @@ def test_a_packed_batch_gives_the_per_example_loss_and_gradients(lora_model, tin
     for name, p in lora_model.named_parameters():
         if p.requires_grad:
             torch.testing.assert_close(packed[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_attention_groups_split_only_where_padding_outweighs_a_group():
+    assert attention_groups([40, 41, 40, 43, 42], 95) == [[0, 2, 1, 4, 3]]
+    assert attention_groups([92, 95, 92, 173, 108, 111], 95)[-1] == [3]
+    assert attention_groups([5], 0) == [[0]]
