@@ -96,7 +96,7 @@ def target_losses(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Ten
         hidden, targets, rows = packed_forward(decoder, batch)
     else:
         hidden = decoder(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
         ).last_hidden_state
         targets = batch["targets"]
         rows = torch.arange(len(targets), device=targets.device)[:, None].expand_as(targets)
