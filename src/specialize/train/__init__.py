@@ -161,7 +161,7 @@ def train(
                 (loss_sum / n_targets).backward()
                 step_loss += loss_sum.item()
                 state.tokens += int(batch["attention_mask"].sum())
-                state.computed_tokens += computed_tokens(batch, placement.device)
+                state.computed_tokens += computed_tokens(batch, model.config, placement.device)
             last_loss = step_loss / n_targets
             if not math.isfinite(last_loss):
                 raise TrainingError(

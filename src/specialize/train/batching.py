@@ -6,9 +6,9 @@ with a 49 k vocabulary the `lm_head` is a fifth of all FLOPs, yet SFT on short a
 per sequence). Length-grouped batches and a projection of only the target positions remove most of both.
 
 A third cost is repetition: task datasets repeat the same system prompt and instructions in every example (85 of
-the 140 tokens of a legal_unfair_tos example). The prefix that all rows of a batch share is run once, its
-key/value cache repeated over the batch, and only the rows' own tokens run per row. Gradients flow back through
-the repeated cache into the one prefix pass, so loss and gradients are those of the plain batch (tested).
+the 140 tokens of a legal_unfair_tos example). The prefix that all rows of a batch share runs once, and the whole
+batch runs as one packed pass with no padding at all (`packing.py`); loss and gradients are those of the plain
+padded batch (tested).
 """
 
 from __future__ import annotations
@@ -20,9 +20,6 @@ import torch
 import torch.nn.functional as F
 
 from specialize.data.template import IGNORE, Encoded
-
-MIN_SHARED_PREFIX = 16  # below this, the extra pass costs more than the tokens it saves
-PASS_COST = 32  # tokens' worth of work that one more forward pass over a group of rows costs (measured)
 
 
 def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
@@ -72,7 +69,7 @@ def shared_prefix_length(examples: list[Encoded]) -> int:
     n = min(len(e.input_ids) for e in examples) - 1
     for e in examples:
         n = next((i for i in range(n) if e.input_ids[i] != first[i] or e.labels[i + 1] != IGNORE), n)
-    return n if n >= MIN_SHARED_PREFIX else 0
+    return n
 
 
 def summed_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
@@ -88,80 +85,44 @@ def summed_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tenso
 def target_losses(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """The cross-entropy of every target token, and the batch row each one belongs to.
 
-    On the CPU the rows run in groups of similar length (`row_groups`), each padded only to its own longest
-    row, and a shared prefix runs once, its key/value cache repeated into every group. See `passes`.
+    The batch runs as one packed pass (`packing.packed_forward`: the shared prefix once, each row's own tokens,
+    no padding) where `packs` says so; otherwise as the plain padded batch.
     """
-    from transformers import DynamicCache
+    from specialize.train.packing import packed_forward
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     decoder = base.get_decoder()
-    lengths = batch["attention_mask"].sum(dim=1).tolist()  # read on the CPU, where batches are collated
     device = base.get_input_embeddings().weight.device
-    n, groups = passes(device, int(batch.get("shared_prefix", 0)), lengths)
-    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    prefix = []
-    if n:
-        prefix = list(decoder(input_ids=batch["input_ids"][:1, :n], use_cache=True).cache)
-    losses, rows = [], []
-    for group in groups:
-        index = torch.tensor(group, device=device)
-        width = max(lengths[i] for i in group)
-        targets = batch["targets"][index, n:width]
-        cache = None
-        if n:
-            repeated = [
-                (k.expand(len(group), -1, -1, -1), v.expand(len(group), -1, -1, -1)) for k, v, *_ in prefix
-            ]
-            cache = DynamicCache(ddp_cache_data=repeated, config=base.config)
+    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}  # batches are collated on the CPU
+    if packs(decoder.config, device):
+        hidden, targets, rows = packed_forward(decoder, batch)
+    else:
         hidden = decoder(
-            input_ids=batch["input_ids"][index, n:width],
-            attention_mask=batch["attention_mask"][index, :width],
-            cache=cache,
-            use_cache=bool(n),
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
         ).last_hidden_state
-        where = targets != IGNORE
-        logits = base.get_output_embeddings()(hidden[where])
-        losses.append(F.cross_entropy(logits.float(), targets[where], reduction="none"))
-        rows.append(index[where.nonzero()[:, 0]])
-    return torch.cat(losses), torch.cat(rows)
+        targets = batch["targets"]
+        rows = torch.arange(len(targets), device=targets.device)[:, None].expand_as(targets)
+    where = targets != IGNORE
+    logits = base.get_output_embeddings()(hidden[where])
+    return F.cross_entropy(logits.float(), targets[where], reduction="none"), rows[where]
 
 
-def passes(device: torch.device, shared_prefix: int, lengths: list[int]) -> tuple[int, list[list[int]]]:
-    """How a batch runs: the shared prefix to run once (0: none), and the groups of rows run after it.
+def packs(model_config: Any, device: torch.device) -> bool:
+    """Whether a batch runs as one packed pass: on a CPU, for the architectures `packing` supports.
 
-    On a CPU arithmetic is the cost, so the prefix and padding are worth saving with extra passes. On a GPU a
-    small model's pass costs kernel launches, not arithmetic (a 135 M model at batch 8 keeps an H100 under
-    1% busy), so every extra pass costs more than the arithmetic it saves: one padded pass per batch.
+    On a CPU arithmetic is the cost, and packing removes the padding and the repeated prefix. On a GPU a small
+    model's step costs kernel launches and host time, not arithmetic (SmolLM2-135M at batch 8 kept an H200
+    under 1% busy), and the plain padded pass runs each layer's attention as one fused kernel where packing
+    adds gathers and a product per group of rows: measured there, the earlier CPU plan of several passes per
+    batch ran 0.75x TRL's tokens/s, one padded pass 0.93x.
     """
-    if device.type != "cpu":
-        return 0, [list(range(len(lengths)))]
-    return shared_prefix, row_groups([length - shared_prefix for length in lengths])
+    from specialize.train.packing import supports
+
+    return device.type == "cpu" and supports(model_config)
 
 
-def computed_tokens(batch: dict[str, torch.Tensor], device: torch.device) -> int:
-    """Non-padding tokens a batch runs through the model on `device`, a prefix run once counted once."""
+def computed_tokens(batch: dict[str, torch.Tensor], model_config: Any, device: torch.device) -> int:
+    """Non-padding tokens a batch runs through the model: a shared prefix counted once where it runs once."""
     lengths = batch["attention_mask"].sum(dim=1).tolist()
-    prefix, _ = passes(device, int(batch.get("shared_prefix", 0)), lengths)
+    prefix = int(batch.get("shared_prefix", 0)) if packs(model_config, device) else 0
     return sum(lengths) - prefix * (len(lengths) - 1)
-
-
-def row_groups(lengths: list[int], pass_cost: int = PASS_COST) -> list[list[int]]:
-    """Row indices in groups of similar length that minimise padded tokens plus `pass_cost` per group.
-
-    A batch padded to its longest row computes every row at that width: one long row in a batch of short ones
-    can double the work. Splitting the rows into sorted runs, each padded to its own longest, removes most of
-    that padding; each extra forward pass costs about `pass_cost` tokens (per-layer overhead and smaller
-    matrix products), so a split is made only where it saves more than that. Found by dynamic programming over
-    the rows sorted by length (a batch has a handful of rows).
-    """
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    # best[j]: the cheapest cost of the first j sorted rows, and where its last group starts
-    best = [(0, 0)] * (len(order) + 1)
-    for j in range(1, len(order) + 1):
-        best[j] = min((best[i][0] + (j - i) * lengths[order[j - 1]] + pass_cost, i) for i in range(j))
-    groups, j = [], len(order)
-    while j:
-        i = best[j][1]
-        groups.append(order[i:j])
-        j = i
-    return groups[::-1]
