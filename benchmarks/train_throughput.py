@@ -12,21 +12,22 @@ reports:
 - validation loss: mean token cross-entropy on the answer tokens (answer plus end-of-turn) of the first 64
   (`--max-val`) validation examples, computed by `validation_loss` below for both saved adapters, each loaded
   with PEFT onto a freshly loaded base model, one unpadded example at a time, so neither grades itself.
-- model FLOPs utilisation (MFU): tokens/s x FLOPs per token / this machine's float32 matmul FLOP/s (best of
-  several 2048 x 2048 matmuls, measured before and after training, the better kept). The FLOPs per trained
-  token of LoRA training are
+- model FLOPs utilisation (MFU): the model FLOPs of the tokens each side computed, over its training loop's
+  time, over this machine's float32 matmul FLOP/s (best of several 2048 x 2048 matmuls, measured before and
+  after training, the better kept). The model FLOPs of LoRA training are
 
-      4 x P_body + 6 x P_lora + 4 x d x V x (loss positions / tokens) + 12 x layers x d x context
+      (4 x P_body + 6 x P_lora) x computed tokens + 4 x d x V x loss positions + 12 x layers x d x query-key pairs
 
   where P_body is the base's parameters less the token embedding (frozen: 2 for the forward pass, 2 for the
   gradient of the activations), P_lora the adapter's (also 2 for their weight gradient), d x V the lm_head,
-  needed only where a loss is taken, and the last term the attention scores and their weighting (4 x d x
-  context per layer forward, twice that backward, as in PaLM's MFU), with context the mean number of keys a
-  token attends to in a causal pass over a whole example. A prefix shared by a batch runs once, so the tokens
-  specialize computes attend to more keys than that mean: the term undercounts its work, never overcounts.
-  The conventional 6 x P (P = every base parameter, the tied embedding counted once) plus the same attention
-  term is printed for reference; it overstates the work of LoRA training, which computes no gradient for
-  frozen weights.
+  needed only where a loss is taken, and the last term the attention scores and their weighting (4 x d per
+  pair per layer forward, twice that backward, as in PaLM's MFU) over the causal query-key pairs of the
+  tokens computed. Computed tokens and pairs leave padding out. TRL computes every trained token, each
+  attending causally within its example; specialize runs a prefix shared by a batch once, then each row's own
+  tokens, which attend to the prefix and causally to their row (its batches are replayed from the same seed
+  to count them, and checked against the count train() reports). The conventional 6 x P per computed token
+  (P = every base parameter, the tied embedding counted once) plus the same attention term is printed for
+  reference; it overstates the work of LoRA training, which computes no gradient for frozen weights.
 
 With `--device cuda` both sides train on the GPU under bfloat16 autocast (TRL's `bf16=True`, specialize's
 `train.precision: auto`), and MFU is taken against this GPU's bfloat16 matmul FLOP/s. `--model DIR` trains
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import resource
 import subprocess
 import sys
@@ -117,8 +119,16 @@ def run_side(side: str, work: Path, steps: int, device: str, model: Path | None)
         figures["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
     adapter = Path(figures.pop("adapter"))
     val_rows, train_rows = _read(work / "validation.jsonl"), _read(work / "train.jsonl")
-    val_loss, flops_per_token, flops_6n = validation_loss(model_path, adapter, val_rows, train_rows)
-    return {**figures, "validation_loss": val_loss, "flops_per_token": flops_per_token, "flops_6n": flops_6n}
+    val_loss, params = validation_loss(model_path, adapter, val_rows)
+    computed, pairs, loss_positions = _token_work(side, model_path, train_rows, device)
+    if computed != figures.get("computed_tokens", computed):
+        sys.exit(f"replayed batches compute {computed} tokens, train() reported {figures['computed_tokens']}")
+    attention = 12 * params["layers"] * params["attention_width"] * pairs
+    flops = (
+        (4 * params["body"] + 6 * params["lora"]) * computed + 4 * params["head"] * loss_positions + attention
+    )
+    flops_6n = 6 * params["every"] * computed + attention
+    return {**figures, "validation_loss": val_loss, "flops": flops, "flops_6n": flops_6n}
 
 
 def train_trl(model_path: Path, work: Path, steps: int, device: str) -> dict[str, Any]:
@@ -203,13 +213,9 @@ def train_specialize(model_path: Path, work: Path, steps: int, device: str) -> d
 
 
 def validation_loss(
-    model_path: Path, adapter: Path, val_rows: list[dict[str, Any]], train_rows: list[dict[str, Any]]
-) -> tuple[float, float, float]:
-    """Mean answer-token cross-entropy of base + `adapter` on `val_rows`, and the FLOPs per trained token.
-
-    Returns (loss, FLOPs per token as in the module docstring, 6 x base parameters + attention); the share of
-    tokens where a loss is taken and the attention context come from `train_rows`, tokenised the same way.
-    """
+    model_path: Path, adapter: Path, val_rows: list[dict[str, Any]]
+) -> tuple[float, dict[str, int]]:
+    """Mean answer-token cross-entropy of base + `adapter` on `val_rows`, and the parameter counts for FLOPs."""
     import torch
     import torch.nn.functional as F
     from peft import PeftModel
@@ -226,19 +232,53 @@ def validation_loss(
             total += F.cross_entropy(logits.float(), torch.tensor(answer), reduction="sum").item()
             count += len(answer)
 
-    encoded = [_encode(tokenizer, row["messages"]) for row in train_rows]
-    lengths = [len(p) + len(a) for p, a in encoded]
-    loss_share = sum(len(a) for _, a in encoded) / sum(lengths)
-    context = sum(n * (n + 1) / 2 for n in lengths) / sum(lengths)  # keys per token, causal, whole examples
     config = base.config
-    attention = 12 * config.num_hidden_layers * config.num_attention_heads * config.head_dim * context
     named = dict(model.named_parameters())
-    lora = sum(p.numel() for n, p in named.items() if "lora_" in n)
     every = sum(p.numel() for n, p in named.items() if "lora_" not in n)  # a tied embedding is listed once
     embedding = base.get_input_embeddings().weight.numel()
     head = base.get_output_embeddings().weight.numel()
-    body = every - embedding - (0 if base.config.tie_word_embeddings else head)
-    return total / count, 4 * body + 6 * lora + 4 * head * loss_share + attention, 6 * every + attention
+    params = {
+        "lora": sum(p.numel() for n, p in named.items() if "lora_" in n),
+        "every": every,
+        "head": head,
+        "body": every - embedding - (0 if config.tie_word_embeddings else head),
+        "layers": config.num_hidden_layers,
+        "attention_width": config.num_attention_heads * config.head_dim,
+    }
+    return total / count, params
+
+
+def _token_work(
+    side: str, model_path: Path, train_rows: list[dict[str, Any]], device: str
+) -> tuple[int, int, int]:
+    """Tokens a side computed, their causal query-key pairs, and the positions where a loss is taken.
+
+    TRL runs every example whole. specialize's batches are replayed as train() forms them (same tokenisation,
+    same seed): on a CPU each batch runs its shared prefix once, then every row's own tokens.
+    """
+    import torch
+    from transformers import AutoConfig, AutoTokenizer
+
+    from specialize.data import encode_conversation
+    from specialize.train.batching import collate, length_grouped_batches, packs
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    loss_positions = sum(len(_encode(tokenizer, row["messages"])[1]) for row in train_rows)
+    if side == "trl":
+        lengths = [sum(map(len, _encode(tokenizer, row["messages"]))) for row in train_rows]
+        return sum(lengths), sum(n * (n + 1) // 2 for n in lengths), loss_positions
+    encoded = [encode_conversation(tokenizer, row["messages"]) for row in train_rows]
+    shares = packs(AutoConfig.from_pretrained(model_path), torch.device(device))
+    computed = pairs = 0
+    for batch in length_grouped_batches([len(e.input_ids) for e in encoded], BATCH, random.Random(0)):
+        collated = collate([encoded[i] for i in batch], tokenizer.pad_token_id)
+        prefix = int(collated["shared_prefix"]) if shares else 0
+        lengths = collated["attention_mask"].sum(dim=1).tolist()
+        computed += prefix + sum(n - prefix for n in lengths)
+        pairs += prefix * (prefix + 1) // 2 + sum(
+            n * (n + 1) // 2 - prefix * (prefix + 1) // 2 for n in lengths
+        )
+    return computed, pairs, loss_positions
 
 
 def matmul_flops(device: str = "cpu", repeats: int = 10) -> float:
@@ -276,8 +316,8 @@ def _print_table(
         # fewer tokens than it trains on; TRL computes every trained token.
         r.setdefault("computed_tokens", r["tokens"])
         r["tokens_per_second"] = r["tokens"] / r["train_seconds"]
-        r["mfu"] = r["computed_tokens"] / r["train_seconds"] * r["flops_per_token"] / flops
-        r["mfu_6n"] = r["computed_tokens"] / r["train_seconds"] * r["flops_6n"] / flops
+        r["mfu"] = r["flops"] / r["train_seconds"] / flops
+        r["mfu_6n"] = r["flops_6n"] / r["train_seconds"] / flops
     rows = [
         ("trained tokens (non-padding)", "tokens", "{:,.0f}"),
         ("computed tokens (shared prefix once)", "computed_tokens", "{:,.0f}"),
@@ -304,8 +344,10 @@ def _print_table(
     print(f"validation loss, specialize vs TRL: {diff:+.2%}")
     matmul = "float32 matmul (2048 x 2048):" if device == "cpu" else "bfloat16 matmul (8192 x 8192):"
     print(f"{matmul:36}{flops / 1e9:,.1f} GFLOP/s")
-    per_token, six_n = spec["flops_per_token"] / 1e6, spec["flops_6n"] / 1e6
-    print(f"FLOPs per token, LoRA / 6N:         {per_token:.0f} M / {six_n:.0f} M (attention included)")
+    for side, r in (("TRL", trl), ("specialize", spec)):
+        per_token, six_n = r["flops"] / r["computed_tokens"] / 1e6, r["flops_6n"] / r["computed_tokens"] / 1e6
+        label = f"FLOPs per token computed, {side}:"
+        print(f"{label:36}{per_token:.0f} M (LoRA) / {six_n:.0f} M (6N), attention included")
     own = spec["own_validation_loss"]
     print(f"specialize's own validation loss:   {own:.4f} (from train(), its batched loop, same examples)")
 
