@@ -317,7 +317,6 @@ def _print_table(
         r.setdefault("computed_tokens", r["tokens"])
         r["tokens_per_second"] = r["tokens"] / r["train_seconds"]
         r["mfu"] = r["flops"] / r["train_seconds"] / flops
-        r["mfu_6n"] = r["flops_6n"] / r["train_seconds"] / flops
     rows = [
         ("trained tokens (non-padding)", "tokens", "{:,.0f}"),
         ("computed tokens (shared prefix once)", "computed_tokens", "{:,.0f}"),
@@ -328,7 +327,6 @@ def _print_table(
         *([("peak GPU memory allocated (MiB)", "peak_gpu_mib", "{:,.0f}")] if device == "cuda" else []),
         ("process wall time (s)", "wall_seconds", "{:.1f}"),
         ("MFU", "mfu", "{:.1%}"),
-        ("MFU with 6N", "mfu_6n", "{:.1%}"),
     ]
     precision = "float32 on the CPU" if device == "cpu" else "bfloat16 autocast on the GPU"
     print(
@@ -346,7 +344,7 @@ def _print_table(
     print(f"{matmul:36}{flops / 1e9:,.1f} GFLOP/s")
     for side, r in (("TRL", trl), ("specialize", spec)):
         per_token, six_n = r["flops"] / r["computed_tokens"] / 1e6, r["flops_6n"] / r["computed_tokens"] / 1e6
-        label = f"FLOPs per token computed, {side}:"
+        label = f"FLOPs/token computed, {side}:"
         print(f"{label:36}{per_token:.0f} M (LoRA) / {six_n:.0f} M (6N), attention included")
     own = spec["own_validation_loss"]
     print(f"specialize's own validation loss:   {own:.4f} (from train(), its batched loop, same examples)")
