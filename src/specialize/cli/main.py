@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import warnings
 from pathlib import Path
 
 from specialize.errors import SpecializeError
@@ -179,8 +181,12 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="specialize: %(message)s", stream=sys.stderr)
-    for noisy in ("transformers", "httpx", "urllib3", "gguf"):
+    for noisy in ("transformers", "httpx", "urllib3", "gguf", "absl"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    # PEFT calls a transformers method that transformers deprecates: a note for PEFT's authors, not our users.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    if args.quiet:
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # transformers' own bars (loading weights) too
     try:
         return _dispatch(args)
     except SpecializeError as exc:
