@@ -79,6 +79,11 @@ def main() -> None:
         args.out.write_text(json.dumps(run_side(args.side, args.work, args.steps, args.device, args.model)))
         return
 
+    if args.model and not (args.model / "config.json").is_file():
+        parser.error(f"--model {args.model}: no config.json there; give a Hugging Face model directory")
+    missing = [f for f in ("train.jsonl", "validation.jsonl") if not (args.data / f).is_file()]
+    if missing:
+        parser.error(f"--data {args.data}: no {' or '.join(missing)} there (the shared datasets folder?)")
     train_rows = _read(args.data / "train.jsonl")
     if not 0 < args.steps * BATCH <= len(train_rows):
         parser.error(f"--steps must be 1..{len(train_rows) // BATCH} so both sides train on one epoch")
@@ -121,7 +126,7 @@ def run_side(side: str, work: Path, steps: int, device: str, model: Path | None)
     val_rows, train_rows = _read(work / "validation.jsonl"), _read(work / "train.jsonl")
     val_loss, params = validation_loss(model_path, adapter, val_rows)
     computed, pairs, loss_positions = _token_work(side, model_path, train_rows, device)
-    if computed != figures.get("computed_tokens", computed):
+    if computed != figures.setdefault("computed_tokens", computed):
         sys.exit(f"replayed batches compute {computed} tokens, train() reported {figures['computed_tokens']}")
     attention = 12 * params["layers"] * params["attention_width"] * pairs
     flops = (
@@ -260,7 +265,7 @@ def _token_work(
     from transformers import AutoConfig, AutoTokenizer
 
     from specialize.data import encode_conversation
-    from specialize.train.batching import collate, length_grouped_batches, packs
+    from specialize.train.batching import collate, computed_tokens, length_grouped_batches, packs
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     loss_positions = sum(len(_encode(tokenizer, row["messages"])[1]) for row in train_rows)
@@ -268,13 +273,13 @@ def _token_work(
         lengths = [sum(map(len, _encode(tokenizer, row["messages"]))) for row in train_rows]
         return sum(lengths), sum(n * (n + 1) // 2 for n in lengths), loss_positions
     encoded = [encode_conversation(tokenizer, row["messages"]) for row in train_rows]
-    shares = packs(AutoConfig.from_pretrained(model_path), torch.device(device))
+    config, on = AutoConfig.from_pretrained(model_path), torch.device(device)
     computed = pairs = 0
     for batch in length_grouped_batches([len(e.input_ids) for e in encoded], BATCH, random.Random(0)):
         collated = collate([encoded[i] for i in batch], tokenizer.pad_token_id)
-        prefix = int(collated["shared_prefix"]) if shares else 0
+        computed += computed_tokens(collated, config, on)
+        prefix = int(collated["shared_prefix"]) if packs(config, on) else 0
         lengths = collated["attention_mask"].sum(dim=1).tolist()
-        computed += prefix + sum(n - prefix for n in lengths)
         pairs += prefix * (prefix + 1) // 2 + sum(
             n * (n + 1) // 2 - prefix * (prefix + 1) // 2 for n in lengths
         )
@@ -312,9 +317,6 @@ def _print_table(
 ) -> None:
     trl, spec = results["trl"], results["specialize"]
     for r in results.values():
-        # MFU counts the work done: specialize runs a prompt prefix shared by a batch once, so it computes
-        # fewer tokens than it trains on; TRL computes every trained token.
-        r.setdefault("computed_tokens", r["tokens"])
         r["tokens_per_second"] = r["tokens"] / r["train_seconds"]
         r["mfu"] = r["flops"] / r["train_seconds"] / flops
     rows = [

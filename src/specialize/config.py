@@ -148,6 +148,12 @@ class EarlyStoppingConfig(_Section):
     min_delta: float = Field(0.0, ge=0, description="Smallest decrease that counts as an improvement.")
 
 
+TrainDevice = Literal["auto", "cpu", "cuda"]
+TrainPrecision = Literal[
+    "auto", "float32", "bfloat16"
+]  # no float16: it needs loss scaling, bfloat16 does not
+
+
 class TrainConfig(_Section):
     """How the base model is fine-tuned."""
 
@@ -166,10 +172,8 @@ class TrainConfig(_Section):
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
-    device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="auto: a CUDA GPU when PyTorch sees one, else the CPU."
-    )
-    precision: Literal["auto", "float32", "bfloat16"] = Field(
+    device: TrainDevice = Field("auto", description="auto: a CUDA GPU when PyTorch sees one, else the CPU.")
+    precision: TrainPrecision = Field(
         "auto",
         description="auto: bfloat16 autocast on a GPU with bfloat16 units, float32 elsewhere (the CPU's fast path).",
     )

@@ -17,12 +17,13 @@ def _model(tiny_model_dir, **lora):
     return get_peft_model(base, config).train()
 
 
-def _run(model, ids):
+def _run(model, ids, autocast=False):
     model.zero_grad()
-    loss = model(input_ids=ids, labels=ids).loss
+    with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=autocast):
+        loss = model(input_ids=ids, labels=ids).loss
     loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-    return loss.detach(), grads, _node_names(loss.grad_fn)
+    grads = {n: p.grad.clone().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    return loss.detach().float().cpu(), grads, _node_names(loss.grad_fn)
 
 
 def _node_names(fn) -> set[str]:
@@ -80,3 +81,25 @@ def test_disabled_adapter_is_the_base_model(tiny_model_dir):
             adapted = model(input_ids=ids).logits
     torch.testing.assert_close(fused_base, base)
     assert not torch.allclose(adapted, base)
+
+
+def _relative_error(got, expected):
+    return float((got - expected).norm() / expected.norm().clamp_min(1e-12))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_fused_lora_under_bfloat16_autocast_tracks_peft(tiny_model_dir, device):
+    model = _model(tiny_model_dir).to(device)  # the adapter is drawn on the CPU: the same start on any device
+    ids = torch.randint(0, model.config.vocab_size, (3, 12), generator=torch.Generator().manual_seed(1))
+    ids = ids.to(device)
+    exact_loss, exact, _ = _run(model, ids)
+    peft_loss, peft, _ = _run(model, ids, autocast=True)
+    with fused_lora(model):
+        fused_loss, fused, nodes = _run(model, ids, autocast=True)
+    assert "_LoraLinearBackward" in nodes
+    # Both bfloat16 runs are within bfloat16's precision of float32; the fused one no further than PEFT's.
+    torch.testing.assert_close(fused_loss, exact_loss, rtol=1e-2, atol=1e-2)
+    for name, grad in exact.items():
+        assert fused[name].dtype == torch.float32, name  # gradients land in the float32 master weights
+        assert _relative_error(fused[name], grad) < max(0.05, 1.5 * _relative_error(peft[name], grad)), name
+    assert abs(float(peft_loss - exact_loss)) < 1e-2

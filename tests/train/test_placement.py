@@ -20,7 +20,6 @@ from specialize.data import encode_conversation
 from specialize.errors import ResourceError
 from specialize.train import train
 from specialize.train.batching import collate, target_losses
-from specialize.train.fused_lora import fused_lora
 from specialize.train.placement import choose_placement
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
@@ -31,36 +30,6 @@ def _lora_model(tiny_model_dir, device):
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
     return get_peft_model(base, config).to(device).train()
-
-
-def _loss_and_grads(model, ids, autocast):
-    model.zero_grad()
-    with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=autocast):
-        loss = model(input_ids=ids, labels=ids).loss
-    fused = _has_fused_node(loss.grad_fn)
-    loss.backward()
-    return (
-        loss.detach().float().cpu(),
-        {n: p.grad.float().cpu() for n, p in model.named_parameters() if p.requires_grad},
-        fused,
-    )
-
-
-def _has_fused_node(fn):
-    seen, todo = set(), [fn]
-    while todo:
-        node = todo.pop()
-        if node is None or node in seen:
-            continue
-        if type(node).__name__ == "_LoraLinearBackward":
-            return True
-        seen.add(node)
-        todo += [next_fn for next_fn, _ in node.next_functions]
-    return False
-
-
-def _relative_error(got, expected):
-    return float((got - expected).norm() / expected.norm().clamp_min(1e-12))
 
 
 def test_auto_is_float32_on_a_machine_without_a_gpu():
@@ -92,24 +61,6 @@ def test_auto_picks_the_gpu_and_bfloat16():
     placement = choose_placement("auto", "auto")
     assert placement.device.type == "cuda"
     assert placement.autocast_dtype == (torch.bfloat16 if torch.cuda.is_bf16_supported() else None)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_fused_lora_under_bfloat16_autocast_tracks_peft(tiny_model_dir, device):
-    model = _lora_model(tiny_model_dir, device)
-    ids = torch.randint(0, model.config.vocab_size, (3, 12), generator=torch.Generator().manual_seed(1))
-    ids = ids.to(device)
-    exact_loss, exact, _ = _loss_and_grads(model, ids, autocast=False)
-    peft_loss, peft, _ = _loss_and_grads(model, ids, autocast=True)
-    with fused_lora(model):
-        fused_loss, fused, took_fused_path = _loss_and_grads(model, ids, autocast=True)
-    assert took_fused_path
-    # Both bfloat16 runs are within bfloat16's precision of float32; the fused one no further than PEFT's.
-    torch.testing.assert_close(fused_loss, exact_loss, rtol=1e-2, atol=1e-2)
-    for name, grad in exact.items():
-        assert fused[name].dtype == torch.float32, name  # gradients land in the float32 master weights
-        assert _relative_error(fused[name], grad) < max(0.05, 1.5 * _relative_error(peft[name], grad)), name
-    assert abs(float(peft_loss - exact_loss)) < 1e-2
 
 
 @pytest.mark.gpu

@@ -11,14 +11,11 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
+from specialize.config import TrainDevice, TrainPrecision
 from specialize.errors import ResourceError
-
-DeviceChoice = Literal["auto", "cpu", "cuda"]
-PrecisionChoice = Literal["auto", "float32", "bfloat16"]
 
 
 @dataclass(frozen=True)
@@ -38,11 +35,10 @@ class Placement:
 
     def describe(self) -> str:
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "CPU"
-        precision = "float32" if self.autocast_dtype is None else f"{str(self.autocast_dtype)[6:]} autocast"
-        return f"{name}, {precision}"
+        return f"{name}, {'float32' if self.autocast_dtype is None else 'bfloat16 autocast'}"
 
 
-def choose_placement(device: DeviceChoice, precision: PrecisionChoice) -> Placement:
+def choose_placement(device: TrainDevice, precision: TrainPrecision) -> Placement:
     """Resolve `train.device` and `train.precision`; a GPU asked for but absent is an error, not a silent CPU run."""
     cuda = torch.cuda.is_available()
     if device == "cuda" and not cuda:
@@ -51,14 +47,13 @@ def choose_placement(device: DeviceChoice, precision: PrecisionChoice) -> Placem
             "train.device to auto or cpu"
         )
     chosen = torch.device("cuda" if device == "cuda" or (device == "auto" and cuda) else "cpu")
-    if precision == "float32":
+    if precision == "float32" or (chosen.type == "cpu" and precision == "auto"):
         return Placement(chosen, None)
-    bf16_units = chosen.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
-    if precision == "bfloat16" and chosen.type == "cuda" and not bf16_units:
+    if chosen.type == "cpu" or torch.cuda.is_bf16_supported(including_emulation=False):
+        return Placement(chosen, torch.bfloat16)
+    if precision == "bfloat16":
         raise ResourceError(
             f"train.precision is bfloat16 but {torch.cuda.get_device_name(chosen)} has no bfloat16 units; set "
             "train.precision to auto or float32"
         )
-    if precision == "bfloat16" or bf16_units:
-        return Placement(chosen, torch.bfloat16)
     return Placement(chosen, None)

@@ -69,10 +69,10 @@ def available_gpu_memory(device: Any) -> int:
 
 
 def check_resources(
-    estimate: MemoryEstimate, disk_needed: int, out_dir: Path, batch_size: int, device: Any = None
+    estimate: MemoryEstimate, disk_needed: int, out_dir: Path, batch_size: int, device: Any
 ) -> None:
     """Raise ResourceError, before training starts, when memory (GPU memory on a GPU) or disk is short."""
-    on_gpu = device is not None and device.type == "cuda"
+    on_gpu = device.type == "cuda"
     free_memory = available_gpu_memory(device) if on_gpu else available_memory()
     if estimate.total > free_memory:
         where = f"GPU memory on {device}" if on_gpu else "memory"
