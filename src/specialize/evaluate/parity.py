@@ -133,7 +133,7 @@ def _rouge_l(answers: list[str], recorded: list[str]) -> float:
 
 def _scored_labels(model: Any, tokenizer: Any, prompts: list[str], labels: list[str]) -> list[str]:
     """The label of highest log-probability after each prompt, as the run's own evaluation picks it."""
-    from specialize.evaluate import EVAL_BATCH
+    from specialize.evaluate.evaluation import EVAL_BATCH
     from specialize.evaluate.scoring import SharedPrefix, label_token_ids, score_labels
 
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]

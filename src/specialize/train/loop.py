@@ -1,0 +1,365 @@
+"""Training: supervised fine-tuning (SFT) or preference optimisation (DPO), with LoRA, DoRA or every weight.
+
+Reads the prepared `data/train.jsonl` and `data/validation.jsonl` of a run, writes `train/adapter/` (or
+`train/model/` for full fine-tuning) and `train/metrics.jsonl`, and reports the loss, tokens/s and ETA while it
+runs. The loop is plain PyTorch around a PEFT model; see `batching.py` for why it is not a trainer library's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from specialize.config import TrainConfig
+from specialize.data import encode_conversation, encode_text, read_prepared
+from specialize.errors import TrainingError
+from specialize.runs import write_atomic
+
+log = logging.getLogger(__name__)
+
+RESULT_FILE = "result.json"
+MetricsSink = Callable[[int, dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Where the trained weights are and how training went."""
+
+    output_dir: Path
+    adapter: bool
+    steps: int
+    train_tokens: int
+    seconds: float
+    final_train_loss: float
+    validation_loss: float
+    computed_tokens: int = 0  # tokens run through the model: a prefix shared by a batch counts once
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.train_tokens / max(self.seconds, 1e-9)
+
+    def save(self, path: Path) -> None:
+        write_atomic(path, json.dumps({**self.__dict__, "output_dir": str(self.output_dir)}, indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> TrainResult:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        return cls(**{**doc, "output_dir": Path(doc["output_dir"])})
+
+
+def train(
+    config: TrainConfig,
+    model_path: Path,
+    train_file: Path,
+    validation_file: Path,
+    out_dir: Path,
+    seed: int = 0,
+    on_metrics: MetricsSink | None = None,
+    progress: bool = True,
+    resume: bool = False,
+) -> TrainResult:
+    """Fine-tune the model at `model_path` on a prepared training split.
+
+    Args:
+        config: the `train:` section.
+        model_path: local directory of the base model.
+        train_file: prepared training split (chat JSONL).
+        validation_file: prepared validation split, for the validation loss and early stopping.
+        out_dir: the run's `train/` directory.
+        seed: seeds initialisation, dropout and data order.
+        on_metrics: called with (step, metrics) every `config.log_every` steps, e.g. to fill the registry.
+        progress: show a progress bar with loss, tokens/s and ETA.
+        resume: continue from the newest checkpoint in `out_dir/checkpoints` (a fresh start if there is none).
+
+    Returns:
+        The path of the adapter (or full model) and the training figures.
+
+    Raises:
+        ResourceError: before the first step, when memory or disk is short for this model and batch.
+        TrainingError: when the loss becomes NaN or infinite, naming what to change.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from specialize.models import load_model
+    from specialize.train import checkpoint
+    from specialize.train.batching import computed_tokens, length_grouped_batches
+    from specialize.train.fused_lora import fused_lora
+    from specialize.train.placement import choose_placement
+    from specialize.train.resources import check_resources, estimate_memory
+
+    placement = choose_placement(config.device, config.precision)
+    log.info("training on %s", placement.describe())
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    model, tokenizer = load_model(model_path)
+    # The adapter is drawn on the CPU, then moved: the same seed gives the same start on any device.
+    model = _prepare_model(model, config).to(placement.device)
+    objective = _objective(config, tokenizer.pad_token_id)
+    with placement.autocast():  # DPO scores its reference here
+        train_set = objective.encode(model, tokenizer, read_prepared(train_file))
+        val_set = objective.encode(model, tokenizer, read_prepared(validation_file))
+    lengths = [objective.length(e) for e in train_set]
+    params = [p for p in model.parameters() if p.requires_grad]
+    n_trainable = sum(p.numel() for p in params)
+    n_params = sum(p.numel() for p in model.parameters())
+    check_resources(
+        estimate_memory(model.config, n_params, n_trainable, config.batch_size, max(lengths)),
+        disk_needed=n_trainable * 4 * (config.checkpoints.keep * 3 + 2),
+        out_dir=out_dir,
+        batch_size=config.batch_size,
+        device=placement.device,
+    )
+    per_step = config.batch_size * config.gradient_accumulation
+    steps = config.max_steps or max(1, math.ceil(config.epochs * len(train_set) / per_step))
+    # The fused AdamW updates every tensor in one pass over memory instead of a dozen: on a CPU, 4 ms a step
+    # instead of 18 for a rank-16 adapter of SmolLM2-135M (measured).
+    optimizer = torch.optim.AdamW(
+        params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=True
+    )
+    scheduler = _schedule(optimizer, steps, config.warmup_ratio)
+
+    ckpt_dir = out_dir / "checkpoints"
+    state = checkpoint.TrainerState()
+    last = checkpoint.latest(ckpt_dir) if resume else None
+    if last is not None:
+        state = checkpoint.load(last, model, optimizer, scheduler, rng)
+        log.info("resuming from %s (step %d of %d)", last.name, state.step, steps)
+    elif not resume:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    metrics_path = out_dir / "metrics.jsonl"
+    _truncate_metrics(metrics_path, state.step)
+    model.train()
+    started = time.perf_counter() - state.seconds
+    last_loss = float("nan")
+    stopped_early = False
+    bar = tqdm(
+        total=steps, initial=state.step, desc="train", unit="step", disable=not progress, dynamic_ncols=True
+    )
+    with fused_lora(model), metrics_path.open("a", encoding="utf-8") as metrics_file:
+        for step in range(state.step + 1, steps + 1):
+            group = []
+            for _ in range(config.gradient_accumulation):
+                if not state.pending_batches:
+                    state.pending_batches = length_grouped_batches(lengths, config.batch_size, rng)
+                group.append(objective.collate([train_set[i] for i in state.pending_batches.pop()]))
+            n_targets = sum(objective.count(b) for b in group)
+            step_loss = 0.0
+            for batch in group:
+                with placement.autocast():
+                    loss_sum = objective.loss(model, batch)
+                (loss_sum / n_targets).backward()
+                step_loss += loss_sum.item()
+                state.tokens += int(batch["attention_mask"].sum())
+                state.computed_tokens += computed_tokens(batch, model.config, placement.device)
+            last_loss = step_loss / n_targets
+            if not math.isfinite(last_loss):
+                raise TrainingError(
+                    f"the training loss became {last_loss} at step {step}; lower train.learning_rate "
+                    f"(now {config.learning_rate:g}), e.g. --set train.learning_rate={config.learning_rate / 4:g}"
+                )
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step = step
+            state.seconds = time.perf_counter() - started
+            bar.update(1)
+            bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{state.tokens / state.seconds:.0f}")
+            row: dict[str, float] = {}
+            if step % config.log_every == 0 or step == steps:
+                row = {
+                    "loss": last_loss,
+                    "learning_rate": scheduler.get_last_lr()[0],
+                    "tokens_per_second": state.tokens / state.seconds,
+                    "tokens": state.tokens,
+                }
+            stop = config.early_stopping
+            if stop is not None and (step % stop.eval_every == 0 or step == steps):
+                with placement.autocast():
+                    row["validation_loss"] = objective.validation(model, val_set)
+                stopped_early = _track_best(model, tokenizer, out_dir, state, row["validation_loss"], stop)
+            if row:
+                metrics_file.write(json.dumps({"step": step, **row}) + "\n")
+                metrics_file.flush()
+                if on_metrics:
+                    on_metrics(step, row)
+            if stopped_early:
+                log.info(
+                    "early stopping at step %d: validation loss did not improve for %d evaluations",
+                    step,
+                    stop.patience if stop else 0,
+                )
+                break
+            if step % config.checkpoints.every == 0 and step < steps:
+                checkpoint.save(ckpt_dir, model, optimizer, scheduler, rng, state, config.checkpoints.keep)
+    bar.close()
+    best = out_dir / ".best"
+    if config.early_stopping is not None and best.exists():
+        output = _promote(best, out_dir, adapter=config.adapter is not None)
+        val_loss = state.best_validation_loss if state.best_validation_loss is not None else float("nan")
+    else:
+        with placement.autocast():
+            val_loss = objective.validation(model, val_set)
+        output = _save_atomic(
+            model, tokenizer, out_dir / ("adapter" if config.adapter is not None else "model")
+        )
+    if on_metrics:
+        on_metrics(state.step, {"validation_loss": val_loss})
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    log.info(
+        "trained %d steps, %d tokens in %.0f s (%.0f tokens/s)",
+        state.step,
+        state.tokens,
+        state.seconds,
+        state.tokens / max(state.seconds, 1e-9),
+    )
+    result = TrainResult(
+        output,
+        config.adapter is not None,
+        state.step,
+        state.tokens,
+        state.seconds,
+        last_loss,
+        val_loss,
+        state.computed_tokens,
+    )
+    result.save(out_dir / RESULT_FILE)
+    return result
+
+
+def _track_best(model: Any, tokenizer: Any, out_dir: Path, state: Any, loss: float, stop: Any) -> bool:
+    """Keep the weights of the best validation loss in `out_dir/.best`; True when patience has run out."""
+    if state.best_validation_loss is None or loss < state.best_validation_loss - stop.min_delta:
+        state.best_validation_loss = loss
+        state.evals_without_improvement = 0
+        _save_atomic(model, tokenizer, out_dir / ".best")
+        return False
+    state.evals_without_improvement += 1
+    return state.evals_without_improvement >= stop.patience
+
+
+def _promote(best: Path, out_dir: Path, adapter: bool) -> Path:
+    target = out_dir / ("adapter" if adapter else "model")
+    if target.exists():
+        shutil.rmtree(target)
+    best.rename(target)
+    return target
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric rows logged after `step`: a resumed run logs those steps again."""
+    if not path.exists():
+        return
+    keep = [
+        line for line in path.read_text(encoding="utf-8").splitlines() if json.loads(line)["step"] <= step
+    ]
+    path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+
+
+class SupervisedObjective:
+    """SFT: token cross-entropy on the assistant turns of each conversation."""
+
+    def __init__(self, pad_id: int, batch_size: int) -> None:
+        self.pad_id, self.batch_size = pad_id, batch_size
+
+    def encode(self, model: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> list[Any]:
+        """Chat rows learn their assistant turns; plain-text rows (continued pre-training) every token."""
+        return [
+            encode_text(tokenizer, r["text"])
+            if "messages" not in r
+            else encode_conversation(tokenizer, r["messages"])
+            for r in rows
+        ]
+
+    def length(self, example: Any) -> int:
+        return len(example.input_ids)
+
+    def collate(self, examples: list[Any]) -> dict[str, Any]:
+        from specialize.train.batching import collate
+
+        return collate(examples, self.pad_id)
+
+    def count(self, batch: dict[str, Any]) -> int:
+        return int((batch["targets"] != -100).sum())
+
+    def loss(self, model: Any, batch: dict[str, Any]) -> Any:
+        from specialize.train.batching import summed_loss
+
+        return summed_loss(model, batch)[0]
+
+    def validation(self, model: Any, examples: list[Any]) -> float:
+        return validation_loss(model, examples, self.pad_id, self.batch_size)
+
+
+def _objective(config: TrainConfig, pad_id: int) -> Any:
+    if config.method == "dpo":
+        from specialize.train.preference import PreferenceObjective
+
+        return PreferenceObjective(config.dpo_beta, pad_id, config.batch_size)
+    return SupervisedObjective(pad_id, config.batch_size)
+
+
+def validation_loss(model: Any, examples: list[Any], pad_id: int, batch_size: int) -> float:
+    """Mean token cross-entropy on the target tokens of `examples`."""
+    import torch
+
+    from specialize.train.batching import collate, summed_loss
+
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            loss_sum, n = summed_loss(
+                model, collate([examples[i] for i in order[start : start + batch_size]], pad_id)
+            )
+            total, count = total + loss_sum.item(), count + n
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def _prepare_model(model: Any, config: TrainConfig) -> Any:
+    if config.adapter is None:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    lora = config.lora
+    peft_config = LoraConfig(
+        r=lora.rank,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        use_dora=config.adapter == "dora",
+        use_rslora=lora.rslora,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, peft_config)
+
+
+def _schedule(optimizer: Any, steps: int, warmup_ratio: float) -> Any:
+    from transformers import get_cosine_schedule_with_warmup
+
+    return get_cosine_schedule_with_warmup(optimizer, round(steps * warmup_ratio), steps)
+
+
+def _save_atomic(model: Any, tokenizer: Any, target: Path) -> Path:
+    """Save into a temporary sibling, then rename: a crash never leaves half-written weights."""
+    staging = target.with_name(f".{target.name.lstrip('.')}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target
