@@ -1,30 +1,40 @@
-"""`specialize run`: every stage of one run, in order, ending in the comparison.
+"""`specialize run`: the owner of a run and of the order of its stages.
 
-Inputs are checked before anything is written: the config, the base model name or path, and every line of the
-data files. The run directory is built under a hidden `.partial` name until its data stage has succeeded, and only
-then renamed and entered in the registry, so a user mistake leaves neither a half-written run nor a registry row.
-A failure after that (a diverging loss, a crash) marks the run `failed` in the registry and keeps its directory
-for diagnosis.
+A run goes: check inputs -> create the run (data stage) -> train -> evaluate -> report and model card.
+
+Inputs are checked once, before anything is written: the config (already validated by `load_config`), the base
+model name, the device asked for, every line of the data files, and whether the rows fit `train.method` (DPO
+needs pairs). The run directory is then built under a hidden `.partial` name while the data stage fills it, and
+only renamed and entered in the registry once that has succeeded (`runs.build_run_dir`), so a user mistake
+leaves neither a half-written run nor a registry row. A failure after that (a diverging loss, a crash) marks the
+run `failed` and keeps its directory for diagnosis; `resume` continues it, skipping the stages it finished.
+
+Each stage receives only its own section of the config (`data:`, `train:`, `eval:`) and plain arguments: paths
+of the files the previous stage wrote, the seed, the model directory resolved here once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from specialize.config import RunConfig
-from specialize.data import PreparedData, prepare_run, read_chat_jsonl
+from specialize.config import RunConfig, save_resolved
+from specialize.data import Example, PreparedData, load_examples, prepare_data, read_chat_jsonl
 from specialize.errors import DataError, RunNotFoundError
 from specialize.evaluate import EvalReport, evaluate
 from specialize.evaluate.report import write_html_report
 from specialize.models import resolve_model
-from specialize.runs import Registry, RunDir, open_run, write_atomic
-from specialize.train import RESULT_FILE, TrainResult, train
+from specialize.runs import Registry, RunDir, build_run_dir, new_run_id, open_run, write_atomic
+from specialize.train import RESULT_FILE, TrainResult, check_rows, train
 from specialize.train.checkpoint import latest as latest_checkpoint
+
+if TYPE_CHECKING:
+    from specialize.train.placement import Placement
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +50,15 @@ class RunResult:
     eval: EvalReport
 
 
+@dataclass(frozen=True)
+class RunInputs:
+    """What `check_inputs` found: the base model's directory, where training runs, and the examples read."""
+
+    model_path: Path
+    placement: Placement
+    examples: tuple[list[Example], list[Example] | None]
+
+
 def run(config: RunConfig, progress: bool = True) -> RunResult:
     """Prepare data, fine-tune, evaluate against the base model, and report.
 
@@ -50,20 +69,92 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
     Returns:
         The run's id, directory, and the result of each stage.
     """
-    data, run_id = prepare_run(config)
-    assert run_id is not None  # prepare_run creates a run when given no out_dir
-    registry = Registry(config.registry_url)
-    registry.set_status(run_id, "running")
-    run_dir = RunDir(config.runs_dir / run_id)
+    inputs = check_inputs(config)
+    run_dir, data, registry = create_run(config, inputs)
     log.info(
         "run %s: %d training, %d validation examples, %d rejected",
-        run_id,
+        run_dir.id,
         data.n_train,
         data.n_validation,
         data.n_rejected,
     )
-    model_path = resolve_model(config.base_model)
-    return _train_and_evaluate(config, run_dir, data, model_path, registry, progress, resume=False)
+    return _train_and_evaluate(
+        config, run_dir, data, inputs.model_path, registry, progress, resume=False, placement=inputs.placement
+    )
+
+
+def prepare_run(config: RunConfig, out_dir: Path | None = None) -> tuple[PreparedData, str | None]:
+    """`specialize data prepare`: the data stage of a run, alone, after the same checks as `run`.
+
+    Without `out_dir` a run is created as `run` would (directory, resolved config, registry row with status
+    `prepared`); with it, only the data files are written there. Returns the prepared data and the run id.
+    """
+    inputs = check_inputs(config)
+    if out_dir is not None:
+        return prepare_data(config.data, _tokenizer(inputs), out_dir, config.seed, inputs.examples), None
+    run_dir, data, registry = create_run(config, inputs)
+    registry.finish_run(run_dir.id, "prepared")
+    return data, run_dir.id
+
+
+def check_inputs(config: RunConfig) -> RunInputs:
+    """Check everything a run needs before anything is written, cheapest first; the model is fetched last.
+
+    Raises:
+        ModelNotFoundError: `base_model` is neither a catalogue name nor a model directory.
+        ResourceError: `train.device` asks for a GPU that is not there.
+        DataError: a bad line in a data file (all listed), or rows `train.method` cannot learn from.
+    """
+    from specialize.models import check_model
+    from specialize.train.placement import choose_placement
+
+    check_model(config.base_model)
+    placement = choose_placement(config.train.device, config.train.precision)
+    examples = load_examples(config.data)
+    check_rows(config.train.method, [*examples[0], *(examples[1] or [])])
+    return RunInputs(resolve_model(config.base_model), placement, examples)
+
+
+def create_run(config: RunConfig, inputs: RunInputs) -> tuple[RunDir, PreparedData, Registry]:
+    """Create a run: its data stage and resolved config in a staged directory, then its registry row (`running`).
+
+    Raises:
+        DataError: nothing left after cleaning; no run directory or registry row is left behind.
+    """
+    tokenizer = _tokenizer(inputs)
+
+    def fill(staging: RunDir) -> PreparedData:
+        prepared = prepare_data(config.data, tokenizer, staging.data, config.seed, inputs.examples)
+        save_resolved(config, staging.config)
+        return prepared
+
+    run_dir, staged = build_run_dir(config.runs_dir, new_run_id(config.name), fill)
+    data = dataclasses.replace(staged, directory=run_dir.data)
+    registry = Registry(config.registry_url)
+    registry.create_run(run_dir, config.name, config.base_model, config.model_dump(mode="json"))
+    registry.log_metrics(
+        run_dir.id,
+        "data",
+        {
+            "train_examples": data.n_train,
+            "validation_examples": data.n_validation,
+            "rejected_examples": data.n_rejected,
+        },
+    )
+    for kind, path in (
+        ("train_split", data.train_path),
+        ("validation_split", data.validation_path),
+        ("rejects", data.rejects_path),
+        ("audit", data.audit_path),
+    ):
+        registry.add_artifact(run_dir.id, kind, path)
+    return run_dir, data, registry
+
+
+def _tokenizer(inputs: RunInputs) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(inputs.model_path)
 
 
 def resume(run: str, registry_url: str | None = None, progress: bool = True) -> RunResult:
@@ -192,31 +283,12 @@ def _train_and_evaluate(
     registry: Registry,
     progress: bool,
     resume: bool,
+    placement: Placement | None = None,
 ) -> RunResult:
+    """The stages after the data stage, in order; a stage whose output is recorded is skipped on resume."""
     run_id = run_dir.id
-    finished = run_dir.train / RESULT_FILE
     try:
-        if resume and finished.exists():
-            trained = TrainResult.load(finished)
-            log.info("training of %s already finished; skipping to evaluation", run_id)
-        else:
-            trained = train(
-                config.train,
-                model_path,
-                data.train_path,
-                data.validation_path,
-                run_dir.train,
-                config.seed,
-                on_metrics=lambda step, values: registry.log_metrics(run_id, "train", values, step=step),
-                progress=progress,
-                resume=resume,
-            )
-            registry.add_artifact(run_id, "adapter" if trained.adapter else "model", trained.output_dir)
-            registry.log_metrics(
-                run_id,
-                "train",
-                {"train_seconds": trained.seconds, "tokens_per_second": trained.tokens_per_second},
-            )
+        trained = _train_stage(config, run_dir, data, model_path, registry, progress, resume, placement)
         report = evaluate(
             config.eval,
             model_path,
@@ -241,6 +313,41 @@ def _train_and_evaluate(
     return RunResult(run_id, run_dir, data, trained, report)
 
 
+def _train_stage(
+    config: RunConfig,
+    run_dir: RunDir,
+    data: PreparedData,
+    model_path: Path,
+    registry: Registry,
+    progress: bool,
+    resume: bool,
+    placement: Placement | None,
+) -> TrainResult:
+    finished = run_dir.train / RESULT_FILE
+    if resume and finished.exists():
+        log.info("training of %s already finished; skipping to evaluation", run_dir.id)
+        return TrainResult.load(finished)
+    trained = train(
+        config.train,
+        model_path,
+        data.train_path,
+        data.validation_path,
+        run_dir.train,
+        config.seed,
+        on_metrics=lambda step, values: registry.log_metrics(run_dir.id, "train", values, step=step),
+        progress=progress,
+        resume=resume,
+        placement=placement,
+    )
+    registry.add_artifact(run_dir.id, "adapter" if trained.adapter else "model", trained.output_dir)
+    registry.log_metrics(
+        run_dir.id,
+        "train",
+        {"train_seconds": trained.seconds, "tokens_per_second": trained.tokens_per_second},
+    )
+    return trained
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -249,18 +356,9 @@ def write_model_card(
     run_dir: RunDir, config: RunConfig, data: PreparedData, trained: TrainResult, report: EvalReport
 ) -> None:
     """`model_card.md`: base model, data hashes, method, hyperparameters, metrics and lineage."""
-    from specialize.evaluate.overfitting import describe
-    from specialize.evaluate.report import comparison_rows, paired_test_line
+    from specialize.evaluate.report import comparison_text
 
-    written = json.loads(report.report_path.read_text(encoding="utf-8"))
-    header, rows = comparison_rows(written)
-    findings = "\n".join(
-        f"\n{line}" for line in (paired_test_line(written), describe(written["overfitting"])) if line
-    )
-    table = "\n".join(
-        ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        + ["| " + " | ".join(r) + " |" for r in rows]
-    )
+    comparison = comparison_text(json.loads(report.report_path.read_text(encoding="utf-8")), markdown=True)
     t = config.train
     adapter = (
         f"{t.adapter} (rank {t.lora.rank}, alpha {t.lora.alpha:g})"
@@ -286,8 +384,7 @@ Fine-tuned by specialize from **{config.base_model}**.
 {trained.validation_loss:.4f}
 
 ## Evaluation ({report.n_examples} validation examples)
-{table}
-{findings}
+{comparison}
 
 ## Lineage
 - parent run: none

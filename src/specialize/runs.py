@@ -1,6 +1,6 @@
 """Run directories and the run registry.
 
-A run lives in `<runs_dir>/<run-id>/` (layout in DESIGN.md) and has a row in the registry: its config, status,
+A run lives in `<runs_dir>/<run-id>/` (layout in docs/architecture.md) and has a row in the registry: its config, status,
 metrics, evaluations and artifacts. The registry is a SQLite file by default and any SQLAlchemy URL (PostgreSQL)
 when a team shares it; SQLAlchemy Core keeps the SQL portable without an ORM layer to maintain.
 """
@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from specialize.errors import ConfigError, RunNotFoundError
 
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
     from specialize.config import RunConfig
 
 RUN_SUBDIRS = ("data", "train", "eval")
+T = TypeVar("T")
 
 
 def new_run_id(name: str) -> str:
@@ -66,6 +69,25 @@ class RunDir:
         for sub in RUN_SUBDIRS:
             (root / sub).mkdir()
         return cls(root)
+
+
+def build_run_dir(runs_dir: Path, run_id: str, build: Callable[[RunDir], T]) -> tuple[RunDir, T]:
+    """A new run directory, filled by `build` under a hidden `.partial` name and renamed into place once it returns.
+
+    A failure in `build` (bad data, an interrupt) removes the staging folder, so a run directory that exists is
+    never half-written.
+
+    Returns:
+        The run directory under its final name, and what `build` returned (its paths still name the staging
+        folder; rebase them on the returned directory).
+    """
+    staging = RunDir.create(runs_dir, f".{run_id}.partial")
+    try:
+        built = build(staging)
+    except BaseException:
+        shutil.rmtree(staging.root, ignore_errors=True)
+        raise
+    return RunDir(staging.root.rename(runs_dir / run_id)), built
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -7,7 +7,8 @@ the run directory. Run as the first stage of `specialize run`, alone with `speci
 read-only check with `specialize data check`.
 
 Modules: rows (files -> rows), formats (rows -> conversations), load (examples and their problems), pii, dedupe,
-tokens, split, template, audit, prepare (the stage itself).
+tokens, split, template, clean (the cleaning steps, in order), audit, prepare (the stage itself). Runs are created
+by `pipeline.py`, not here.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from specialize.data.prepare import (
     check_data,
     load_examples,
     prepare_data,
-    prepare_run,
     read_prepared,
 )
 from specialize.data.split import group_split, seeded_sample, stratified_split
@@ -35,7 +35,6 @@ __all__ = [
     "group_split",
     "load_examples",
     "prepare_data",
-    "prepare_run",
     "read_chat_jsonl",
     "read_data",
     "read_examples",
