@@ -16,12 +16,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from specialize.config import TrainConfig
-from specialize.data import encode_conversation, encode_text, read_prepared
+from specialize.config import EarlyStoppingConfig, TrainConfig
+from specialize.data import read_prepared
 from specialize.errors import TrainingError
 from specialize.runs import write_atomic
+from specialize.train.checkpoint import TrainerState
+from specialize.train.objective import objective_for
+
+if TYPE_CHECKING:
+    from specialize.train.placement import Placement
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +70,7 @@ def train(
     on_metrics: MetricsSink | None = None,
     progress: bool = True,
     resume: bool = False,
+    placement: Placement | None = None,
 ) -> TrainResult:
     """Fine-tune the model at `model_path` on a prepared training split.
 
@@ -78,6 +84,8 @@ def train(
         on_metrics: called with (step, metrics) every `config.log_every` steps, e.g. to fill the registry.
         progress: show a progress bar with loss, tokens/s and ETA.
         resume: continue from the newest checkpoint in `out_dir/checkpoints` (a fresh start if there is none).
+        placement: device and precision, as the pipeline chose them when it checked the run; default: chosen
+            here from `config.device` and `config.precision`.
 
     Returns:
         The path of the adapter (or full model) and the training figures.
@@ -96,14 +104,14 @@ def train(
     from specialize.train.placement import choose_placement
     from specialize.train.resources import check_resources, estimate_memory
 
-    placement = choose_placement(config.device, config.precision)
+    placement = placement or choose_placement(config.device, config.precision)
     log.info("training on %s", placement.describe())
     torch.manual_seed(seed)
     rng = random.Random(seed)
     model, tokenizer = load_model(model_path)
     # The adapter is drawn on the CPU, then moved: the same seed gives the same start on any device.
     model = _prepare_model(model, config).to(placement.device)
-    objective = _objective(config, tokenizer.pad_token_id)
+    objective = objective_for(config, tokenizer.pad_token_id)
     with placement.autocast():  # DPO scores its reference here
         train_set = objective.encode(model, tokenizer, read_prepared(train_file))
         val_set = objective.encode(model, tokenizer, read_prepared(validation_file))
@@ -128,7 +136,7 @@ def train(
     scheduler = _schedule(optimizer, steps, config.warmup_ratio)
 
     ckpt_dir = out_dir / "checkpoints"
-    state = checkpoint.TrainerState()
+    state = TrainerState()
     last = checkpoint.latest(ckpt_dir) if resume else None
     if last is not None:
         state = checkpoint.load(last, model, optimizer, scheduler, rng)
@@ -236,7 +244,9 @@ def train(
     return result
 
 
-def _track_best(model: Any, tokenizer: Any, out_dir: Path, state: Any, loss: float, stop: Any) -> bool:
+def _track_best(
+    model: Any, tokenizer: Any, out_dir: Path, state: TrainerState, loss: float, stop: EarlyStoppingConfig
+) -> bool:
     """Keep the weights of the best validation loss in `out_dir/.best`; True when patience has run out."""
     if state.best_validation_loss is None or loss < state.best_validation_loss - stop.min_delta:
         state.best_validation_loss = loss
@@ -263,69 +273,6 @@ def _truncate_metrics(path: Path, step: int) -> None:
         line for line in path.read_text(encoding="utf-8").splitlines() if json.loads(line)["step"] <= step
     ]
     path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
-
-
-class SupervisedObjective:
-    """SFT: token cross-entropy on the assistant turns of each conversation."""
-
-    def __init__(self, pad_id: int, batch_size: int) -> None:
-        self.pad_id, self.batch_size = pad_id, batch_size
-
-    def encode(self, model: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> list[Any]:
-        """Chat rows learn their assistant turns; plain-text rows (continued pre-training) every token."""
-        return [
-            encode_text(tokenizer, r["text"])
-            if "messages" not in r
-            else encode_conversation(tokenizer, r["messages"])
-            for r in rows
-        ]
-
-    def length(self, example: Any) -> int:
-        return len(example.input_ids)
-
-    def collate(self, examples: list[Any]) -> dict[str, Any]:
-        from specialize.train.batching import collate
-
-        return collate(examples, self.pad_id)
-
-    def count(self, batch: dict[str, Any]) -> int:
-        return int((batch["targets"] != -100).sum())
-
-    def loss(self, model: Any, batch: dict[str, Any]) -> Any:
-        from specialize.train.batching import summed_loss
-
-        return summed_loss(model, batch)[0]
-
-    def validation(self, model: Any, examples: list[Any]) -> float:
-        return validation_loss(model, examples, self.pad_id, self.batch_size)
-
-
-def _objective(config: TrainConfig, pad_id: int) -> Any:
-    if config.method == "dpo":
-        from specialize.train.preference import PreferenceObjective
-
-        return PreferenceObjective(config.dpo_beta, pad_id, config.batch_size)
-    return SupervisedObjective(pad_id, config.batch_size)
-
-
-def validation_loss(model: Any, examples: list[Any], pad_id: int, batch_size: int) -> float:
-    """Mean token cross-entropy on the target tokens of `examples`."""
-    import torch
-
-    from specialize.train.batching import collate, summed_loss
-
-    was_training = model.training
-    model.eval()
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(order), batch_size):
-            loss_sum, n = summed_loss(
-                model, collate([examples[i] for i in order[start : start + batch_size]], pad_id)
-            )
-            total, count = total + loss_sum.item(), count + n
-    model.train(was_training)
-    return total / max(count, 1)
 
 
 def _prepare_model(model: Any, config: TrainConfig) -> Any:

@@ -5,8 +5,8 @@ log-likelihoods of the chosen (c) and rejected (r) answers after the prompt, r* 
 reference is the base model, which an adapter run already holds: switching the adapter off gives it back, so no
 second copy is kept in memory. Its log-likelihoods never change, so they are computed once, before the first step.
 
-The interface mirrors supervised fine-tuning's (`SupervisedObjective` in `train/__init__.py`): examples to batch,
-a summed loss with the count it is normalised by, and a validation figure, so the one training loop (accumulation,
+`PreferenceObjective` is an `Objective` (`objective.py`), like supervised fine-tuning's: examples to batch, a summed
+loss with the count it is normalised by, and a validation figure, so the one training loop (accumulation,
 schedule, checkpoints, resume, early stopping) serves both methods.
 """
 
@@ -100,7 +100,7 @@ def dpo_loss(model: Any, batch: dict[str, torch.Tensor], beta: float) -> tuple[t
 
 @dataclass
 class PreferenceObjective:
-    """DPO over preference pairs, with the base model as the reference."""
+    """DPO over preference pairs, with the base model as the reference: an `Objective[Pair]`."""
 
     beta: float
     pad_id: int
