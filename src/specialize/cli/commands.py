@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from specialize.evaluate.report import text_table as _table
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
-    line = "  ".join(f"{{:<{w}}}" for w in widths)
-    out = [line.format(*header), line.format(*("-" * w for w in widths))]
-    out += [line.format(*row) for row in rows]
-    return "\n".join(out)
+if TYPE_CHECKING:
+    from specialize.deploy.api_keys import ApiKeys
+    from specialize.pipeline import RunResult
 
 
 def run(config_path: Path, overrides: list[str], progress: bool) -> int:
@@ -26,23 +24,18 @@ def run(config_path: Path, overrides: list[str], progress: bool) -> int:
     return 0
 
 
-def _print_comparison(result: Any) -> None:
+def _print_comparison(result: RunResult) -> None:
     _print_report(f"run {result.run_id}", result.eval.report_path, "validation examples")
     print(f"model card: {result.run_dir.model_card}")
 
 
 def _print_report(title: str, report_path: Path, noun: str = "examples") -> None:
     """The system-by-metric table, the paired test and where the report is."""
-    from specialize.evaluate.overfitting import describe
-    from specialize.evaluate.report import comparison_rows, paired_test_line
+    from specialize.evaluate.report import comparison_text
 
     report = json.loads(report_path.read_text(encoding="utf-8"))
-    header, rows = comparison_rows(report)
     print(f"\n{title}: {report['n_examples']} {noun}, {report['task']}")
-    print(_table(header, rows))
-    findings = [line for line in (paired_test_line(report), describe(report.get("overfitting"))) if line]
-    if findings:
-        print("\n" + "\n".join(findings))
+    print(comparison_text(report))
     html = report_path.with_suffix(".html")
     print(f"report: {html if html.exists() else report_path}")
 
@@ -228,7 +221,7 @@ def data_check(
 
 def data_prepare(config_path: Path, overrides: list[str], out: Path | None) -> int:
     from specialize.config import load_config
-    from specialize.data import prepare_run
+    from specialize.pipeline import prepare_run
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     data, run_id = prepare_run(load_config(config_path, overrides), out)
@@ -314,52 +307,74 @@ def _render_audit(audit: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def serve(args: Any) -> int:
+def serve(
+    *,
+    base_model: str | None,
+    runs: list[str],
+    host: str,
+    port: int,
+    registry: str | None,
+    auth: bool,
+    max_batch: int,
+    max_adapters: int,
+    max_tokens: int,
+    runs_dir: str | None,
+    fine_tune_config: str | None,
+    max_upload_mb: int,
+) -> int:
     from specialize.config import DEFAULT_REGISTRY
     from specialize.serve import ServeOptions
     from specialize.serve import serve as run_server
 
     run_server(
         ServeOptions(
-            base_model=args.base_model,
-            runs=tuple(args.runs),
-            host=args.host,
-            port=args.port,
-            registry=args.registry or DEFAULT_REGISTRY,
-            auth=not args.no_auth,
-            max_batch=args.max_batch,
-            max_adapters=args.max_adapters,
-            max_tokens=args.max_tokens,
-            runs_dir=args.runs_dir,
-            fine_tune_config=args.fine_tune_config,
-            max_upload_mb=args.max_upload_mb,
+            base_model=base_model,
+            runs=tuple(runs),
+            host=host,
+            port=port,
+            registry=registry or DEFAULT_REGISTRY,
+            auth=auth,
+            max_batch=max_batch,
+            max_adapters=max_adapters,
+            max_tokens=max_tokens,
+            runs_dir=runs_dir,
+            fine_tune_config=fine_tune_config,
+            max_upload_mb=max_upload_mb,
         )
     )
     return 0
 
 
-def keys(action: str, args: Any) -> int:
+def keys_create(name: str, registry_url: str | None) -> int:
+    key, secret = _key_store(registry_url).create(name)
+    print(f"created {key.id} ({key.name}); the secret is shown once, keep it safe:\n{secret}")
+    return 0
+
+
+def keys_revoke(key_id: str, registry_url: str | None) -> int:
+    key = _key_store(registry_url).revoke(key_id)
+    print(f"revoked {key.id} ({key.name})")
+    return 0
+
+
+def keys_list(registry_url: str | None) -> int:
+    rows = [
+        [
+            k.id,
+            k.name,
+            k.shown_prefix + "...",
+            f"{k.created_at:%Y-%m-%d %H:%M}",
+            "active" if k.active else f"revoked {k.revoked_at:%Y-%m-%d %H:%M}",
+        ]
+        for k in _key_store(registry_url).list()
+    ]
+    print(_table(["id", "name", "key", "created", "state"], rows) if rows else "no API keys")
+    return 0
+
+
+def _key_store(registry_url: str | None) -> ApiKeys:
     from specialize.config import DEFAULT_REGISTRY
     from specialize.deploy.api_keys import ApiKeys
     from specialize.runs import Registry
 
-    store = ApiKeys(Registry(args.registry or DEFAULT_REGISTRY))
-    if action == "create":
-        key, secret = store.create(args.name)
-        print(f"created {key.id} ({key.name}); the secret is shown once, keep it safe:\n{secret}")
-    elif action == "revoke":
-        key = store.revoke(args.key_id)
-        print(f"revoked {key.id} ({key.name})")
-    else:
-        rows = [
-            [
-                k.id,
-                k.name,
-                k.shown_prefix + "...",
-                f"{k.created_at:%Y-%m-%d %H:%M}",
-                "active" if k.active else f"revoked {k.revoked_at:%Y-%m-%d %H:%M}",
-            ]
-            for k in store.list()
-        ]
-        print(_table(["id", "name", "key", "created", "state"], rows) if rows else "no API keys")
-    return 0
+    return ApiKeys(Registry(registry_url or DEFAULT_REGISTRY))

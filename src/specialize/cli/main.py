@@ -220,9 +220,26 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "runs":
         return commands.runs(args.registry)
     if args.command == "serve":
-        return commands.serve(args)
+        return commands.serve(
+            base_model=args.base_model,
+            runs=args.runs,
+            host=args.host,
+            port=args.port,
+            registry=args.registry,
+            auth=not args.no_auth,
+            max_batch=args.max_batch,
+            max_adapters=args.max_adapters,
+            max_tokens=args.max_tokens,
+            runs_dir=args.runs_dir,
+            fine_tune_config=args.fine_tune_config,
+            max_upload_mb=args.max_upload_mb,
+        )
     if args.command == "keys":
-        return commands.keys(args.action, args)
+        if args.action == "create":
+            return commands.keys_create(args.name, args.registry)
+        if args.action == "revoke":
+            return commands.keys_revoke(args.key_id, args.registry)
+        return commands.keys_list(args.registry)
     if args.action == "prepare":
         return commands.data_prepare(args.config, args.overrides, args.out)
     options = {"format": args.format, "label_field": args.label_field}

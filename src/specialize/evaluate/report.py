@@ -214,3 +214,33 @@ def _png(fig: Any) -> bytes:
 
 def _img(png: bytes) -> str:
     return f"<img src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
+
+
+def comparison_text(report: dict[str, Any], markdown: bool = False) -> str:
+    """The comparison as a person reads it: the system-by-metric table, then the paired test and overfitting.
+
+    The one rendering behind the terminal (`specialize run`, `eval`, `train --resume`) and the model card, so
+    both always show the same rows.
+
+    Args:
+        report: a written `report.json`.
+        markdown: a Markdown table (the model card) instead of aligned plain text (the terminal).
+    """
+    header, rows = comparison_rows(report)
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        table = "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+    else:
+        table = text_table(header, rows)
+    findings = [line for line in (paired_test_line(report), describe(report.get("overfitting"))) if line]
+    # A Markdown paragraph joins single lines: each finding needs a blank line of its own there.
+    return "\n\n".join([table, ("\n\n" if markdown else "\n").join(findings)] if findings else [table])
+
+
+def text_table(header: list[str], rows: list[list[str]]) -> str:
+    """Columns aligned with spaces, under a dashed rule: how the command line shows every table."""
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
+    out = [line.format(*header), line.format(*("-" * w for w in widths))]
+    out += [line.format(*row) for row in rows]
+    return "\n".join(out)
