@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from specialize.config import TrainConfig
+from specialize.config import CheckpointConfig, TrainConfig
 from specialize.errors import ResourceError, TrainingError
 from specialize.train import train
 from specialize.train.resources import available_memory
@@ -41,16 +41,44 @@ def test_nan_loss_stops_with_the_setting_to_change(tmp_path, tiny_model_dir, cha
     assert not (tmp_path / "train" / "adapter").exists()
 
 
-def test_early_stopping_keeps_the_best_weights(tmp_path, tiny_model_dir, chat_dataset):
+class _Stop(Exception):
+    """Raised from a metrics callback to stop a replayed run where the checkpoints of interest exist."""
+
+
+def test_early_stopping_stops_and_keeps_the_best_weights(tmp_path, tiny_model_dir, chat_dataset):
+    files = (tiny_model_dir, chat_dataset.train, chat_dataset.validation)
     config = TrainConfig(
-        max_steps=60, batch_size=4, learning_rate=5e-2, early_stopping={"eval_every": 2, "patience": 2}
+        max_steps=60, batch_size=4, learning_rate=0.1, early_stopping={"eval_every": 2, "patience": 2}
     )
-    result = train(
-        config, tiny_model_dir, chat_dataset.train, chat_dataset.validation, tmp_path, progress=False
+    result = train(config, *files, tmp_path / "stopped", progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "stopped" / "metrics.jsonl").read_text().splitlines()]
+    evals = {r["step"]: r["validation_loss"] for r in rows if "validation_loss" in r}
+    best_step = min(evals, key=lambda step: (evals[step], step))
+
+    assert result.steps < 60 and result.steps == max(evals), "training stopped at an evaluation, early"
+    assert sorted(evals)[-2:] == [result.steps - 2, result.steps] and best_step < result.steps - 2
+    assert result.validation_loss == evals[best_step]
+
+    # The same run replayed without early stopping (the schedule depends only on max_steps), keeping a checkpoint
+    # at every evaluation step, and halted once past the step where the first one stopped.
+    def halt(step: int, _row: dict[str, float]) -> None:
+        if step > result.steps:
+            raise _Stop
+
+    replay = config.model_copy(
+        update={"early_stopping": None, "log_every": 1, "checkpoints": CheckpointConfig(every=2, keep=60)}
     )
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    losses = [r["validation_loss"] for r in rows if "validation_loss" in r]
-    assert result.validation_loss == pytest.approx(min(losses))
-    if result.steps < 60:  # stopped early: the last `patience` evaluations did not improve on the best
-        assert min(losses[-2:]) >= min(losses)
-    assert (tmp_path / "adapter" / "adapter_config.json").exists()
+    with pytest.raises(_Stop):
+        train(replay, *files, tmp_path / "replay", on_metrics=halt, progress=False)
+    checkpoints = tmp_path / "replay" / "checkpoints"
+
+    def at(step: int) -> dict[str, torch.Tensor]:
+        weights = load_file(checkpoints / f"step-{step:06d}" / "trainable.safetensors")
+        return {name.replace(".default", ""): tensor for name, tensor in weights.items()}
+
+    saved = load_file(tmp_path / "stopped" / "adapter" / "adapter_model.safetensors")
+    best, last = at(best_step), at(result.steps)
+    assert saved.keys() == best.keys()
+    for name in saved:
+        torch.testing.assert_close(saved[name], best[name], msg=name)
+    assert any(not torch.allclose(saved[name], last[name]) for name in saved), "the last weights were kept"
