@@ -10,7 +10,7 @@ import re
 import pytest
 
 from specialize.errors import RunNotFoundError
-from specialize.runs import RUN_SUBDIRS, Registry, RunDir, new_run_id, write_atomic
+from specialize.runs import RUN_SUBDIRS, Registry, RunDir, build_run_dir, new_run_id, write_atomic
 
 
 @pytest.fixture
@@ -161,3 +161,22 @@ def test_write_atomic_leaves_no_temporary_file(tmp_path: pathlib.Path) -> None:
 
     assert path.read_text(encoding="utf-8") == "new ✓"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_a_run_directory_appears_whole_or_not_at_all(tmp_path: pathlib.Path) -> None:
+    def fill(staging: RunDir) -> str:
+        assert staging.root.name == ".r1.partial" and not (tmp_path / "r1").exists()
+        (staging.data / "train.jsonl").write_text("{}\n", encoding="utf-8")
+        return "filled"
+
+    def interrupted(staging: RunDir) -> None:
+        (staging.data / "train.jsonl").write_text("{}\n", encoding="utf-8")
+        raise KeyboardInterrupt
+
+    run_dir, built = build_run_dir(tmp_path, "r1", fill)
+    with pytest.raises(KeyboardInterrupt):
+        build_run_dir(tmp_path, "r2", interrupted)
+
+    assert (run_dir.root, built) == (tmp_path / "r1", "filled")
+    assert (run_dir.data / "train.jsonl").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r1"]
