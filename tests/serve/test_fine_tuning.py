@@ -23,8 +23,9 @@ from conftest import chat_row
 from live import free_port, start_server
 
 from specialize.cli.main import main
-from specialize.deploy.api_keys import ApiKeys
 from specialize.runs import Registry
+from specialize.serve.api_keys import ApiKeys
+from specialize.serve.fine_tuning import FineTuningJobs
 
 FINISHED = {"succeeded", "failed", "cancelled"}
 PARITY = [{"role": "user", "content": "Is 12 even? Answer alpha or omega."}]
@@ -139,8 +140,11 @@ def test_upload_train_and_chat_with_the_fine_tuned_model(server, finished_job, t
     )
     assert reply.model == job.fine_tuned_model and isinstance(reply.choices[0].message.content, str)
     config = yaml.safe_load((server.root / "runs" / "fine_tuning" / f"{job.id}.yaml").read_text())
-    assert config["fine_tuning_job"] == {"id": job.id, "fine_tuned_model": job.fine_tuned_model}
+    assert config["name"] == job.id and "fine_tuning_job" not in config  # the job store records the job
     assert config["train"]["batch_size"] == 4 and config["train"]["epochs"] == 2 and config["seed"] == 3
+    store = FineTuningJobs(Registry(server.registry_url), Path("unused"))
+    run_id = _run_id(Registry(server.registry_url), job.id)
+    assert store.run_of(job.id) == run_id and store.fine_tuned_models()[run_id] == job.fine_tuned_model
 
 
 def test_a_malformed_upload_is_refused_with_every_bad_line(server):
@@ -299,8 +303,6 @@ def test_a_job_survives_a_killed_server(tmp_path, tiny_model_dir):
 
 
 def client_status(registry: Registry, job_id: str) -> str:
-    from specialize.deploy.jobs import FineTuningJobs
-
     return FineTuningJobs(registry, Path("unused")).status_of(job_id)
 
 
