@@ -117,7 +117,9 @@ def test_upload_train_and_chat_with_the_fine_tuned_model(server, finished_job, t
 
     events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
     messages = [e.message for e in events]
-    assert len(messages) >= 5, messages  # created, validating, validated, model created, completed; and metrics
+    assert len(messages) >= 5, (
+        messages
+    )  # created, validating, validated, model created, completed; and metrics
     assert messages[0] == "The job has successfully completed"  # newest first, as OpenAI lists them
     assert any(m.startswith("New fine-tuned model created: ft:tiny-chat:parity:") for m in messages)
     assert any(m.startswith("Files validated; training run ftjob-") for m in messages)
@@ -223,7 +225,9 @@ def test_cancel_kills_the_job_and_the_worker_goes_on(server, finished_job):
     client.fine_tuning.jobs.cancel(queued.id)
     registry = Registry(server.registry_url)
     # the worker kills the child and marks the job's run cancelled; the queued job never made a run
-    wait_until(lambda: registry.get_run(_run_id(registry, job.id))["status"] == "cancelled", 30, "run cancelled")
+    wait_until(
+        lambda: registry.get_run(_run_id(registry, job.id))["status"] == "cancelled", 30, "run cancelled"
+    )
     assert client.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
     assert [r["name"] for r in registry.list_runs() if r["name"] in (job.id, queued.id)] == [job.id]
 
@@ -275,7 +279,9 @@ def test_a_job_survives_a_killed_server(tmp_path, tiny_model_dir):
         wait_for(client, job.id, {"running"})
         registry = Registry(server.registry_url)
         run_dir = Path(registry.get_run(_run_id(registry, job.id))["run_dir"])
-        wait_until(lambda: list((run_dir / "train" / "checkpoints").glob("step-*")), 120, "a first checkpoint")
+        wait_until(
+            lambda: list((run_dir / "train" / "checkpoints").glob("step-*")), 120, "a first checkpoint"
+        )
         os.kill(server.process.pid, signal.SIGKILL)  # type: ignore[attr-defined]
         server.process.wait()  # type: ignore[attr-defined]
         assert client_status(registry, job.id) == "running"
