@@ -374,7 +374,7 @@ def keys_list(registry_url: str | None) -> int:
 
 def _key_store(registry_url: str | None) -> ApiKeys:
     from specialize.config import DEFAULT_REGISTRY
-    from specialize.deploy.api_keys import ApiKeys
     from specialize.runs import Registry
+    from specialize.serve.api_keys import ApiKeys
 
     return ApiKeys(Registry(registry_url or DEFAULT_REGISTRY))
