@@ -20,9 +20,6 @@ FORBIDDEN = {
     "data": INTERFACES | {"pipeline", "train", "evaluate"},  # the first stage knows none after it
     "pipeline": INTERFACES,
 }
-# The fine-tuning API's back end (deploy/job_process.py) drives the pipeline from below it until it moves under
-# serve/ (issue 13); remove the entry with that move.
-KNOWN = {("deploy/job_process.py", "pipeline")}
 
 
 def imported(tree: ast.AST) -> set[str]:
@@ -45,6 +42,4 @@ def test_no_import_crosses_a_layer_the_wrong_way() -> None:
         for target in imported(ast.parse(path.read_text(encoding="utf-8"))) & FORBIDDEN.get(layer, set()):
             crossings.add((module.as_posix(), target))
     assert len(files) > 40 and imported(ast.parse("from specialize import serve")) == {"serve"}
-    assert crossings <= KNOWN, (
-        f"imports against the layers (module, what it imports): {sorted(crossings - KNOWN)}"
-    )
+    assert not crossings, f"imports against the layers (module, what it imports): {sorted(crossings)}"
