@@ -98,9 +98,12 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser(
         "serve",
-        help="serve the base model and fine-tuned adapters behind an OpenAI-compatible API",
+        aliases=["ui"],
+        help="serve the base model and fine-tuned adapters behind an OpenAI-compatible API, and the web "
+        "dashboard at /ui (`specialize ui` is the same command)",
         description="Serves the base model and every finished run fine-tuned from it (or the RUNs named), "
-        "chosen per request by the `model` field; a run that finishes later is served from its first request.",
+        "chosen per request by the `model` field; a run that finishes later is served from its first request. "
+        "The web dashboard is at /ui, behind the same API keys.",
     )
     s.add_argument(
         "runs", nargs="*", metavar="RUN", help="serve only these runs (default: every finished run)"
@@ -219,7 +222,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return commands.models_list() if args.action == "list" else commands.models_pull(args.name)
     if args.command == "runs":
         return commands.runs(args.registry)
-    if args.command == "serve":
+    if args.command in ("serve", "ui"):
         return commands.serve(args)
     if args.command == "keys":
         return commands.keys(args.action, args)

@@ -47,6 +47,7 @@ def build_app(options: ServeOptions) -> Any:
     from specialize.models import resolve_model
     from specialize.serve.app import Limits, create_app
     from specialize.serve.fine_tuning import FineTuning
+    from specialize.ui import UiContext, ui_router
 
     registry = Registry(options.registry)
     keys = ApiKeys(registry) if options.auth else None
@@ -74,7 +75,9 @@ def build_app(options: ServeOptions) -> Any:
         UploadedFiles(registry, runs_dir.resolve() / "files"), jobs, JobRunner(jobs), base_name, template
     )
     limits = Limits(max_tokens=options.max_tokens, max_upload_bytes=options.max_upload_mb * 2**20)
-    return create_app(engine, models, RequestLog(registry), keys, limits, fine_tuning)
+    app = create_app(engine, models, RequestLog(registry), keys, limits, fine_tuning)
+    app.include_router(ui_router(UiContext(registry, keys, models.base.id)))
+    return app
 
 
 def _runs_dir(registry_url: str) -> Path:
@@ -91,4 +94,5 @@ def serve(options: ServeOptions) -> None:
     app = build_app(options)
     host = f"[{options.host}]" if ":" in options.host else options.host
     print(f"specialize serve: OpenAI-compatible API on http://{host}:{options.port}/v1", flush=True)
+    print(f"dashboard: http://{host}:{options.port}/ui", flush=True)
     uvicorn.run(app, host=options.host, port=options.port, log_level="warning", timeout_graceful_shutdown=30)
