@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from importlib import resources
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -197,7 +197,7 @@ def ui_router(context: UiContext) -> APIRouter:
         return response
 
     @router.post("/logout")
-    async def logout(request: Request, session: Annotated[Session, Depends(site.page_session)]) -> Response:
+    async def logout(request: Request, session: Session = Depends(site.page_session)) -> Response:
         fields = await form_fields(request)
         if not csrf_ok(session, fields.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER)):
             return _refused(site, "This request did not carry the page's CSRF token; nothing was changed.")

@@ -7,8 +7,6 @@ for a new run, then the run's live curve once the job's run exists.
 
 from __future__ import annotations
 
-from typing import Annotated
-
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
@@ -28,7 +26,7 @@ def router(site: Site) -> APIRouter:
 
     @r.get("/playground")
     def playground(
-        session: Annotated[Session, Depends(site.page_session)], left: str = "", right: str = ""
+        left: str = "", right: str = "", session: Session = Depends(site.page_session)
     ) -> Response:
         finished = [
             run["id"] for run in site.context.registry.list_runs() if run.get("status") == "completed"
@@ -45,7 +43,7 @@ def router(site: Site) -> APIRouter:
     if site.context.fine_tuning:
 
         @r.get("/new")
-        def new_run(session: Annotated[Session, Depends(site.page_session)]) -> Response:
+        def new_run(session: Session = Depends(site.page_session)) -> Response:
             return site.render(
                 "new_run.html", session, active="/ui/new", title="New run", base_model=site.context.base_model
             )

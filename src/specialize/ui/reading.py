@@ -93,8 +93,13 @@ def read_jsonl(path: Path, limit: int) -> tuple[list[dict[str, Any]], int]:
                     try:
                         row = json.loads(line)
                     except ValueError:
-                        row = {"unreadable line": line.strip()[:500]}
-                    rows.append(row if isinstance(row, dict) else {"row": row})
+                        row = None
+                    if not isinstance(row, dict):
+                        row = {
+                            "kind": "unreadable",
+                            "reason": f"line {total} is not a JSON object: {line[:500]}",
+                        }
+                    rows.append(row)
     except OSError:
         return [], 0
     return rows, total

@@ -7,7 +7,7 @@ polls `/ui/api/runs/{id}/metrics` (the registry's training metrics) while the ru
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
@@ -46,12 +46,12 @@ def router(site: Site) -> APIRouter:
 
     @r.get("/runs")
     def runs_page(
-        session: Annotated[Session, Depends(site.page_session)],
         q: str = "",
         status: str = "",
         task: str = "",
         sort: str = "created",
         order: str = "desc",
+        session: Session = Depends(site.page_session),
     ) -> Response:
         sort = sort if sort in SORT_KEYS else "created"
         found, statuses, tasks = list_runs(registry, q, status, task, sort, order != "asc")
@@ -68,7 +68,7 @@ def router(site: Site) -> APIRouter:
         )
 
     @r.get("/runs/{run_id}")
-    def run_page(run_id: str, session: Annotated[Session, Depends(site.page_session)]) -> Response:
+    def run_page(run_id: str, session: Session = Depends(site.page_session)) -> Response:
         try:
             detail = run_detail(registry, run_id)
         except RunNotFoundError:
@@ -84,7 +84,7 @@ def router(site: Site) -> APIRouter:
         )
 
     @r.get("/runs/{run_id}/files/{name}")
-    def run_file(run_id: str, name: str, session: Annotated[Session, Depends(site.page_session)]) -> Response:
+    def run_file(run_id: str, name: str, session: Session = Depends(site.page_session)) -> Response:
         """A file of the run (its HTML report, report.json, model card, config): in the browser's own viewer
         (report.html sandboxed: it may show but never run anything)."""
         try:
@@ -105,7 +105,7 @@ def router(site: Site) -> APIRouter:
         return PlainTextResponse(path.read_text(encoding="utf-8", errors="replace"), headers=SECURITY_HEADERS)
 
     @r.get("/api/runs")
-    def runs_api(session: Annotated[Session, Depends(site.api_session)], name: str = "") -> Response:
+    def runs_api(name: str = "", session: Session = Depends(site.api_session)) -> Response:
         """Runs (id, name, status), optionally only those named `name`: the new-run page finds a job's run."""
         rows = [
             {"id": row["id"], "name": row["name"], "status": row["status"]}
@@ -115,7 +115,7 @@ def router(site: Site) -> APIRouter:
         return JSONResponse({"runs": rows})
 
     @r.get("/api/runs/{run_id}/metrics")
-    def metrics_api(run_id: str, session: Annotated[Session, Depends(site.api_session)]) -> Response:
+    def metrics_api(run_id: str, session: Session = Depends(site.api_session)) -> Response:
         try:
             return JSONResponse(training_curve(registry, run_id), headers={"Cache-Control": "no-store"})
         except RunNotFoundError as exc:
@@ -123,8 +123,8 @@ def router(site: Site) -> APIRouter:
 
     @r.get("/compare")
     def compare_page(
-        session: Annotated[Session, Depends(site.page_session)],
-        run: Annotated[list[str] | None, Query()] = None,
+        run: list[str] | None = Query(None),
+        session: Session = Depends(site.page_session),
     ) -> Response:
         chosen: list[RunSummary] = []
         missing = []
@@ -210,31 +210,29 @@ def _compare_charts(
     """One bar chart per headline metric: each system a group, each run a bar with its interval."""
     from specialize.evaluate.report import system_name
 
-    by_metric: dict[str, list[RunSummary]] = {}
+    by_metric: dict[str, list[tuple[str, Evaluation]]] = {}
     for run in runs:
         ev = evaluations.get(run.id)
         if ev is not None and ev.headline:
-            by_metric.setdefault(ev.headline, []).append(run)
+            by_metric.setdefault(ev.headline, []).append((run.id, ev))
     out = []
     for metric, members in by_metric.items():
-        systems = list(
-            dict.fromkeys(s for run in members for s in evaluations[run.id].systems)  # type: ignore[union-attr]
-        )
+        systems = list(dict.fromkeys(s for _, ev in members for s in ev.systems))
         systems.sort(key=lambda s: s != FINE_TUNED)
-        groups = []
-        for system in systems:
-            group = []
-            for run in members:
-                ev = evaluations[run.id]
-                assert ev is not None
-                value = ev.values.get(system, {}).get(metric)
-                if value is not None:
-                    group.append(charts.Bar(run.id, value, *ev.intervals.get(system, (None, None))))
-            if group:
-                groups.append((system_name(system), group))
+        groups = [
+            (
+                system_name(system),
+                [
+                    charts.Bar(run_id, value, *ev.intervals.get(system, (None, None)))
+                    for run_id, ev in members
+                    if (value := ev.values.get(system, {}).get(metric)) is not None
+                ],
+            )
+            for system in systems
+        ]
         top = None if metric in SCORE_METRICS else 1.0
         title = f"{metric} per system and run, with 95% intervals"
-        out.append((metric, charts.bars(groups, title, top, f"compare-{metric}")))
+        out.append((metric, charts.bars([g for g in groups if g[1]], title, top, f"compare-{metric}")))
     return out
 
 

@@ -310,10 +310,12 @@ function watchJob(job) {
   const cancel = section.querySelector("button.cancel");
   cancel.onclick = async () => { try { await api(`/v1/fine_tuning/jobs/${job.id}/cancel`, { method: "POST" }); } catch (_) { } };
   let run = null;
+  let shown = null;
   async function tick() {
     if (watching !== job.id) return;
     try {
       job = await api(`/v1/fine_tuning/jobs/${job.id}`);
+      if (job.status !== shown) { shown = job.status; listJobs(); }
       status.textContent = job.status;
       status.className = "status job-status status-" + job.status;
       const listed = (await api(`/v1/fine_tuning/jobs/${job.id}/events?limit=1000`)).data;
@@ -331,7 +333,7 @@ function watchJob(job) {
         links.appendChild(el("a", { class: "try", href: `/ui/playground?right=${encodeURIComponent(job.fine_tuned_model)}` }, " Try it in the playground"));
       }
       cancel.hidden = FINISHED.has(job.status);
-      if (FINISHED.has(job.status)) { listJobs(); return; }
+      if (FINISHED.has(job.status)) return;
     } catch (e) {
       status.textContent = e.message;
     }
