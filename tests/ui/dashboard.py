@@ -112,7 +112,7 @@ def start_server(args: list[str], log: pathlib.Path, port: int) -> subprocess.Po
     raise RuntimeError(f"server did not start:\n{log.read_text()}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def dashboard(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: pathlib.Path) -> Iterator[Dashboard]:
     root = tmp_path_factory.mktemp("dashboard")
     runs = fixture_runs(root, tiny_model_dir)
@@ -143,7 +143,7 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: pathlib.
         process.wait(timeout=60)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     if not CHROMIUM.exists():
         if os.environ.get("SPECIALIZE_REQUIRE_BROWSER"):
@@ -151,6 +151,8 @@ def browser() -> Iterator[object]:
         pytest.skip(f"needs {CHROMIUM} (apt-get install -y chromium)")
     from playwright.sync_api import sync_playwright
 
+    # Module-scoped: Playwright's sync API keeps an event loop running on this thread while it is open, which
+    # would stop later tests from starting their own (asyncio.run).
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield launched
