@@ -7,7 +7,7 @@ with the chat template) greedily with SmolLM2-135M-Instruct in float32, up to `-
    without a server does);
 2. served: `specialize serve` in a child process, `--clients` threads of the official `openai` client sending
    the same prompts over HTTP on 127.0.0.1. The server decodes concurrent requests together (see
-   specialize/deploy/engine.py).
+   specialize/models/engine.py).
 
 Printed: completion tokens per second of each and their ratio. Then the load test: `--load-clients` clients send
 chat requests for `--load-seconds` seconds; every request must be answered and be in the registry's request log.
@@ -145,10 +145,10 @@ def main() -> None:
     import openai
 
     from specialize.config import DEFAULT_BASE_MODEL
-    from specialize.deploy.api_keys import ApiKeys
-    from specialize.deploy.request_log import RequestLog
     from specialize.models import resolve_model
+    from specialize.monitor.request_log import RequestLog
     from specialize.runs import Registry
+    from specialize.serve.api_keys import ApiKeys
 
     model_path = resolve_model(DEFAULT_BASE_MODEL)
     conversations = user_turns(args.prompts, "train")

@@ -218,15 +218,6 @@ class EvalConfig(_Section):
     )
 
 
-class FineTuningJobRecord(_Section):
-    """The API fine-tuning job (`POST /v1/fine_tuning/jobs` of `specialize serve`) a run was made for."""
-
-    id: str
-    fine_tuned_model: str = Field(
-        description="Model id the server answers for the run: ft:<base>:<suffix>:<job>."
-    )
-
-
 class RunConfig(_Section):
     """Everything one run needs; each stage receives only its own section."""
 
@@ -238,9 +229,6 @@ class RunConfig(_Section):
     data: DataConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
-    fine_tuning_job: FineTuningJobRecord | None = Field(
-        None, description="Set by the server for a job's run."
-    )
 
     @model_validator(mode="after")
     def _few_shot_needs_examples(self) -> RunConfig:
@@ -384,6 +372,8 @@ def load_resolved(path: Path) -> RunConfig:
     """Read back a run's `config.resolved.yaml` (paths in it are already absolute)."""
     doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     doc.pop("_provenance", None)
+    # Runs of the server's fine-tuning jobs once recorded their job here; the server's job store holds it now.
+    doc.pop("fine_tuning_job", None)
     try:
         return RunConfig.model_validate(doc)
     except ValidationError as exc:

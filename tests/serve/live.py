@@ -9,8 +9,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx2 as httpx
 import pytest
@@ -31,6 +32,16 @@ class LiveServer:
     base: str  # the base model's id (its directory)
     process: subprocess.Popen[bytes]
     log: pathlib.Path
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 60, what: str = "the condition") -> Any:
+    """Poll `condition` until it returns something true, and return that; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := condition():
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"{what} did not happen within {timeout} s")
 
 
 def free_port() -> int:

@@ -12,7 +12,6 @@ import json
 import math
 import os
 import signal
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,11 +19,12 @@ import openai
 import pytest
 import yaml
 from conftest import chat_row
-from live import free_port, start_server
+from live import free_port, start_server, wait_until
 
 from specialize.cli.main import main
-from specialize.deploy.api_keys import ApiKeys
 from specialize.runs import Registry
+from specialize.serve.api_keys import ApiKeys
+from specialize.serve.fine_tuning import FineTuningJobs
 
 FINISHED = {"succeeded", "failed", "cancelled"}
 PARITY = [{"role": "user", "content": "Is 12 even? Answer alpha or omega."}]
@@ -81,13 +81,11 @@ def server(tmp_path_factory, tiny_model_dir):
 
 
 def wait_for(client: openai.OpenAI, job_id: str, statuses: set[str], timeout: float = 180) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def reached() -> object:
         job = client.fine_tuning.jobs.retrieve(job_id)
-        if job.status in statuses:
-            return job
-        time.sleep(0.3)
-    raise AssertionError(f"job {job_id} still {job.status} after {timeout} s")
+        return job if job.status in statuses else None
+
+    return wait_until(reached, timeout, f"job {job_id} reaching {statuses}")
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +117,9 @@ def test_upload_train_and_chat_with_the_fine_tuned_model(server, finished_job, t
 
     events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
     messages = [e.message for e in events]
+    assert len(messages) >= 5, (
+        messages
+    )  # created, validating, validated, model created, completed; and metrics
     assert messages[0] == "The job has successfully completed"  # newest first, as OpenAI lists them
     assert any(m.startswith("New fine-tuned model created: ft:tiny-chat:parity:") for m in messages)
     assert any(m.startswith("Files validated; training run ftjob-") for m in messages)
@@ -139,8 +140,11 @@ def test_upload_train_and_chat_with_the_fine_tuned_model(server, finished_job, t
     )
     assert reply.model == job.fine_tuned_model and isinstance(reply.choices[0].message.content, str)
     config = yaml.safe_load((server.root / "runs" / "fine_tuning" / f"{job.id}.yaml").read_text())
-    assert config["fine_tuning_job"] == {"id": job.id, "fine_tuned_model": job.fine_tuned_model}
+    assert config["name"] == job.id and "fine_tuning_job" not in config  # the job store records the job
     assert config["train"]["batch_size"] == 4 and config["train"]["epochs"] == 2 and config["seed"] == 3
+    store = FineTuningJobs(Registry(server.registry_url), Path("unused"))
+    run_id = _run_id(Registry(server.registry_url), job.id)
+    assert store.run_of(job.id) == run_id and store.fine_tuned_models()[run_id] == job.fine_tuned_model
 
 
 def test_a_malformed_upload_is_refused_with_every_bad_line(server):
@@ -204,7 +208,7 @@ def test_cancel_kills_the_job_and_the_worker_goes_on(server, finished_job):
     client = server.client()
     upload = finished_job[0]
     job = client.fine_tuning.jobs.create(model="tiny-chat", training_file=upload.id)
-    wait_for(client, job.id, {"validating_files", "running"})
+    wait_for(client, job.id, {"running"})  # its run exists and trains
     cancelled = client.fine_tuning.jobs.cancel(job.id)
     assert cancelled.status == "cancelled" and cancelled.finished_at is not None
     with pytest.raises(openai.BadRequestError):
@@ -219,11 +223,13 @@ def test_cancel_kills_the_job_and_the_worker_goes_on(server, finished_job):
     with pytest.raises(openai.ConflictError):  # an unfinished job still needs the file
         client.files.delete(upload.id)
     client.fine_tuning.jobs.cancel(queued.id)
-    time.sleep(2)  # the worker notices cancels within half a second
-    assert client.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
     registry = Registry(server.registry_url)
-    runs = [r for r in registry.list_runs() if r["name"] in (job.id, queued.id)]
-    assert all(r["status"] == "cancelled" for r in runs)
+    # the worker kills the child and marks the job's run cancelled; the queued job never made a run
+    wait_until(
+        lambda: registry.get_run(_run_id(registry, job.id))["status"] == "cancelled", 30, "run cancelled"
+    )
+    assert client.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
+    assert [r["name"] for r in registry.list_runs() if r["name"] in (job.id, queued.id)] == [job.id]
 
 
 def test_parity_of_the_job_run_against_recorded_answers(server, finished_job, tmp_path):
@@ -273,9 +279,9 @@ def test_a_job_survives_a_killed_server(tmp_path, tiny_model_dir):
         wait_for(client, job.id, {"running"})
         registry = Registry(server.registry_url)
         run_dir = Path(registry.get_run(_run_id(registry, job.id))["run_dir"])
-        deadline = time.monotonic() + 120
-        while not list((run_dir / "train" / "checkpoints").glob("step-*")) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(
+            lambda: list((run_dir / "train" / "checkpoints").glob("step-*")), 120, "a first checkpoint"
+        )
         os.kill(server.process.pid, signal.SIGKILL)  # type: ignore[attr-defined]
         server.process.wait()  # type: ignore[attr-defined]
         assert client_status(registry, job.id) == "running"
@@ -299,8 +305,6 @@ def test_a_job_survives_a_killed_server(tmp_path, tiny_model_dir):
 
 
 def client_status(registry: Registry, job_id: str) -> str:
-    from specialize.deploy.jobs import FineTuningJobs
-
     return FineTuningJobs(registry, Path("unused")).status_of(job_id)
 
 

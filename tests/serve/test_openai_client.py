@@ -61,7 +61,7 @@ def test_chat_answers_what_transformers_generates_and_is_logged(client, live_ser
     assert reply.choices[0].message.content == reference(live_server, run, QUESTION)
     assert reply.choices[0].finish_reason in {"stop", "length"}
     assert reply.usage.completion_tokens >= 1 and reply.usage.prompt_tokens > 10
-    from specialize.deploy.request_log import RequestLog
+    from specialize.monitor.request_log import RequestLog
 
     [logged] = [r for r in RequestLog(live_server.registry).requests_for(run) if r["id"] == reply.id]
     assert logged["status_code"] == 200 and logged["key_id"].startswith("key_")
@@ -168,7 +168,7 @@ def test_errors_are_openai_shaped_and_the_server_goes_on(client, live_server):
     assert httpx.get(f"{live_server.url}/nope").json()["error"]["code"] == "unknown_url"
     # still serving, and every refusal is in the request log with its status
     assert ask(client, run, QUESTION) == reference(live_server, run, QUESTION)
-    from specialize.deploy.request_log import RequestLog
+    from specialize.monitor.request_log import RequestLog
 
     codes = {
         r["error_code"] for r in RequestLog(live_server.registry).requests_for() if r["status_code"] >= 400
@@ -191,7 +191,7 @@ def test_feedback_is_recorded_against_a_request(client, live_server):
     body = {"request_id": reply.id, "rating": -1, "correction": "shipping"}
     sent = httpx.post(f"{live_server.url}/feedback", json=body, headers=headers)
     assert sent.status_code == 200 and sent.json()["request_id"] == reply.id
-    from specialize.deploy.request_log import RequestLog
+    from specialize.monitor.request_log import RequestLog
 
     [stored] = RequestLog(live_server.registry).feedback_for(reply.id)
     assert stored["rating"] == -1 and stored["correction"] == "shipping"
@@ -204,7 +204,7 @@ def test_feedback_is_recorded_against_a_request(client, live_server):
 
 
 def test_revoked_keys_are_refused_at_once(live_server):
-    from specialize.deploy.api_keys import ApiKeys
+    from specialize.serve.api_keys import ApiKeys
 
     keys = ApiKeys(live_server.registry)
     key, secret = keys.create("short-lived")

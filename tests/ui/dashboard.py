@@ -27,8 +27,8 @@ import yaml
 from conftest import chat_row, classification_rows, write_jsonl
 
 from specialize.cli.main import main
-from specialize.deploy.api_keys import ApiKeys
 from specialize.runs import Registry
+from specialize.serve.api_keys import ApiKeys
 
 CHROMIUM = pathlib.Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -19,8 +19,8 @@ import httpx2 as httpx
 import pytest
 from fastapi import FastAPI
 
-from specialize.deploy.api_keys import ApiKeys
 from specialize.runs import Registry, RunDir
+from specialize.serve.api_keys import ApiKeys
 from specialize.ui import UiContext, ui_router
 from specialize.ui.auth import SESSION_COOKIE, Sessions
 from specialize.ui.charts import Bar, bars, confusion_matrix

@@ -340,8 +340,8 @@ def serve(args: Any) -> int:
 
 def keys(action: str, args: Any) -> int:
     from specialize.config import DEFAULT_REGISTRY
-    from specialize.deploy.api_keys import ApiKeys
     from specialize.runs import Registry
+    from specialize.serve.api_keys import ApiKeys
 
     store = ApiKeys(Registry(args.registry or DEFAULT_REGISTRY))
     if action == "create":

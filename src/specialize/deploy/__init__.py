@@ -1,5 +1,4 @@
-"""Deployment: exports of a finished run (merged model, adapter, llama.cpp GGUF), and what `specialize serve`
-runs on: the inference engine, the served models, API keys and the request log."""
+"""Deployment: exports of a finished run (merged model, PEFT adapter, llama.cpp GGUF) for other servers."""
 
 from specialize.deploy.export import FORMATS, export_run
 

@@ -13,7 +13,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from specialize.deploy.request_log import ServedRequest
+from specialize.monitor.request_log import ServedRequest
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64)
 

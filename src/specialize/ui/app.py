@@ -35,8 +35,8 @@ from specialize.ui.auth import (
 )
 
 if TYPE_CHECKING:
-    from specialize.deploy.api_keys import ApiKeys
     from specialize.runs import Registry
+    from specialize.serve.api_keys import ApiKeys
 
 PROVIDERS = ("specialize.ui.run_pages", "specialize.ui.model_pages")
 STATIC = {"ui.css": "text/css", "ui.js": "text/javascript"}

@@ -27,7 +27,7 @@ from urllib.parse import parse_qs
 from fastapi import Request
 
 if TYPE_CHECKING:
-    from specialize.deploy.api_keys import ApiKeys
+    from specialize.serve.api_keys import ApiKeys
 
 SESSION_COOKIE = "specialize_session"
 LOGIN_COOKIE = "specialize_login"

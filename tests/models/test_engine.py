@@ -9,8 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from specialize.data import render_prompt
-from specialize.deploy.engine import Delta, Done, Engine, Request, _settled
-from specialize.deploy.served_models import ServedModel
+from specialize.models.engine import Adapter, Delta, Done, Engine, Request, _settled
 from specialize.models.generation import Sampling
 
 
@@ -27,7 +26,7 @@ def make_adapter(base_dir, out, seed: int, dora: bool):
         init_lora_weights=False,
     )
     get_peft_model(base, config).save_pretrained(out)
-    return ServedModel(out.name, out, None, 0, use_dora=dora)
+    return Adapter(out.name, out, use_dora=dora)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +36,7 @@ def setup(tiny_model_dir, tmp_path_factory):
     models = {
         "lora": make_adapter(tiny_model_dir, root / "lora", 1, dora=False),
         "dora": make_adapter(tiny_model_dir, root / "dora", 2, dora=True),
-        "base": ServedModel("base", None, None, 0),
+        "base": None,
     }
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     engine = Engine(base, tokenizer, max_batch=4, max_adapters=2).start()
@@ -45,10 +44,8 @@ def setup(tiny_model_dir, tmp_path_factory):
     engine.stop()
 
 
-def prompt_ids(tokenizer, text: str) -> list[int]:
-    return tokenizer(render_prompt(tokenizer, [{"role": "user", "content": text}]), add_special_tokens=False)[
-        "input_ids"
-    ]
+def prompt_ids(engine, text: str) -> list[int]:
+    return engine.encode_chat([{"role": "user", "content": text}])
 
 
 def submit(engine, model, ids, max_tokens=8, stop=()):
@@ -68,12 +65,12 @@ def finish(events) -> tuple[str, Done]:
             return text, event
 
 
-def reference(base_dir, model: ServedModel, ids: list[int], max_tokens=8) -> list[int]:
+def reference(base_dir, adapter: Adapter | None, ids: list[int], max_tokens=8) -> list[int]:
     net = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    if model.adapter is not None:
+    if adapter is not None:
         from peft import PeftModel
 
-        net = PeftModel.from_pretrained(net, model.adapter)
+        net = PeftModel.from_pretrained(net, adapter.path)
     with torch.no_grad():
         out = net.eval().generate(
             torch.tensor([ids]), max_new_tokens=max_tokens, do_sample=False, pad_token_id=2
@@ -83,7 +80,7 @@ def reference(base_dir, model: ServedModel, ids: list[int], max_tokens=8) -> lis
 
 def test_dora_lora_and_base_requests_in_flight_together_answer_as_alone(setup):
     engine, tokenizer, models, base_dir = setup
-    ids = prompt_ids(tokenizer, "What is the capital of France?")
+    ids = prompt_ids(engine, "What is the capital of France?")
     pending = [submit(engine, models[name], ids) for name in ("dora", "lora", "base", "dora", "lora")]
     texts = [finish(events) for _, events in pending]
     for (text, done), name in zip(texts, ("dora", "lora", "base", "dora", "lora"), strict=True):
@@ -96,7 +93,7 @@ def test_dora_lora_and_base_requests_in_flight_together_answer_as_alone(setup):
 
 def test_a_cancelled_request_ends_and_frees_its_row(setup):
     engine, tokenizer, models, _ = setup
-    ids = prompt_ids(tokenizer, "tell me a long story")
+    ids = prompt_ids(engine, "tell me a long story")
     request, events = submit(engine, models["lora"], ids, max_tokens=900)
     first = events.get(timeout=60)  # decoding has started
     request.cancelled.set()
@@ -113,13 +110,25 @@ def test_a_broken_adapter_fails_its_requests_only(setup, tmp_path):
     broken_dir = tmp_path / "broken"
     broken_dir.mkdir()
     (broken_dir / "adapter_config.json").write_text("{not json")
-    broken = ServedModel("broken", broken_dir, None, 0)
-    ids = prompt_ids(tokenizer, "hello")
+    broken = Adapter("broken", broken_dir)
+    ids = prompt_ids(engine, "hello")
     _, bad = submit(engine, broken, ids)
     _, good = submit(engine, models["base"], ids)
     text, done = finish(bad)
     assert done.finish_reason == "error" and done.error.startswith("cannot load model")
     assert finish(good)[1].finish_reason in {"stop", "length"}
+
+
+def test_the_engine_templates_and_tokenizes_messages_itself(setup):
+    engine, tokenizer, _, _ = setup
+    question = [{"role": "user", "content": "Where is my parcel?"}]
+    rendered = render_prompt(tokenizer, question)
+    assert engine.encode_chat(question) == tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    assert engine.encode_text(rendered) == engine.encode_chat(question)
+    trained = render_prompt(tokenizer, [{"role": "system", "content": "Answer in French."}, *question])
+    assert engine.encode_chat(question, "Answer in French.") == engine.encode_text(trained)
+    own = [{"role": "system", "content": "Be brief."}, *question]  # a conversation's own system prompt wins
+    assert engine.encode_chat(own, "Answer in French.") == engine.encode_text(render_prompt(tokenizer, own))
 
 
 def test_text_that_may_start_a_stop_sequence_is_held_back():

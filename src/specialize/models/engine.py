@@ -1,13 +1,16 @@
 """The inference engine behind `specialize serve`: one base model, many adapters, requests decoded together.
 
+Callers hand it chat messages (or plain text) and get text back: templating, tokenizing and detokenizing happen
+here, next to the model and its tokenizer, so the HTTP layer never touches a tokenizer.
+
 One thread owns the model. Requests wait in a queue; between decoding steps the thread admits as many as the batch
 has room for (pre-filling them together), so a new request starts within one step instead of waiting for the
 running batch to end, and a finished one leaves at once. Rows of different LoRA adapters share each forward pass
 (PEFT's mixed-adapter batches); DoRA adapters cannot be mixed, so a batch holding one serves that adapter only.
 Adapters are loaded on first use and the least recently used is dropped beyond `max_adapters`.
 
-Results go back through each request's `sink`, called on the engine thread: the HTTP layer hands them to its
-event loop. Text is streamed as it becomes final: a partial UTF-8 character or the beginning of a stop sequence is
+Results go back through each request's `sink`, called on the engine thread: a server hands them to its event
+loop. Text is streamed as it becomes final: a partial UTF-8 character or the beginning of a stop sequence is
 held back until the next token settles it.
 """
 
@@ -23,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from specialize.deploy.served_models import ServedModel
 from specialize.models.generation import BASE_ADAPTER, DecodeBatch, Row, Sampling
 
 log = logging.getLogger(__name__)
@@ -50,12 +52,22 @@ class Done:
 Event = Delta | Done
 
 
+@dataclass(frozen=True)
+class Adapter:
+    """A fine-tuned adapter the engine may load: `id` names it to its callers (and in the LRU cache)."""
+
+    id: str
+    path: Path
+    use_dora: bool = False
+
+
 @dataclass
 class Request:
-    """A prompt to continue for one model; `sink` receives its events on the engine thread."""
+    """A prompt to continue (token ids from `Engine.encode_chat` / `encode_text`) with the base model
+    (`adapter=None`) or one adapter; `sink` receives its events on the engine thread."""
 
     prompt: list[int]
-    model: ServedModel
+    adapter: Adapter | None
     sampling: Sampling
     sink: Callable[[Event], None]
     stop: tuple[str, ...] = ()
@@ -74,9 +86,7 @@ class Engine:
         self.context_length = int(getattr(model.config, "max_position_embeddings", 2048))
         self._queue: queue.Queue[Request] = queue.Queue()
         self._waiting: list[Request] = []
-        self._adapters: OrderedDict[str, str] = (
-            OrderedDict()
-        )  # served model id -> PEFT adapter name, LRU order
+        self._adapters: OrderedDict[str, str] = OrderedDict()  # adapter id -> PEFT adapter name, LRU order
         self._names = 0
         self._batch = DecodeBatch(self.model, tokenizer.pad_token_id)
         self._stopping = threading.Event()
@@ -93,6 +103,17 @@ class Engine:
 
     def submit(self, request: Request) -> None:
         self._queue.put(request)
+
+    def encode_chat(self, messages: list[dict[str, str]], system_prompt: str | None = None) -> list[int]:
+        """The token ids the model continues to answer `messages`, with `system_prompt` (the one an adapter was
+        trained with) put first unless the conversation brings its own."""
+        from specialize.data import render_prompt, with_system
+
+        return self.encode_text(render_prompt(self.tokenizer, with_system(messages, system_prompt or None)))
+
+    def encode_text(self, text: str) -> list[int]:
+        """The token ids of `text` as it is, no template and no special tokens added."""
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     @property
     def queue_depth(self) -> int:
@@ -147,49 +168,49 @@ class Engine:
         rows = []
         for request in admitted:
             try:
-                name = self._load(request.model)
+                name = self._load(request.adapter)
             except Exception as exc:  # a broken adapter directory fails its own requests only
-                log.exception("cannot load adapter of %s", request.model.id)
+                log.exception("cannot load adapter %s", request.adapter and request.adapter.id)
                 request.sink(Done("error", "", len(request.prompt), 0, f"cannot load model: {exc}"))
                 continue
             rows.append(Row(request.prompt, request.sampling, adapter=name, tag=request))
         if rows and not self._batch.rows:
-            self._batch.mixed = not rows[0].tag.model.use_dora
+            self._batch.mixed = not _dora(rows[0].tag.adapter)
             if not self._batch.mixed:
                 self.model.set_adapter(rows[0].adapter)
         self._batch.add(rows)
 
     def _compatible(self, request: Request, admitted: list[Request]) -> bool:
         """DoRA rows only share a batch with rows of the same adapter; LoRA and base rows mix freely."""
-        others = [r.tag.model for r in self._batch.rows] + [r.model for r in admitted]
-        if request.model.use_dora or any(m.use_dora for m in others):
-            return all(m.id == request.model.id for m in others)
+        others = [r.tag.adapter for r in self._batch.rows] + [r.adapter for r in admitted]
+        if _dora(request.adapter) or any(_dora(a) for a in others):
+            return all(a == request.adapter for a in others)
         return True
 
-    def _load(self, model: ServedModel) -> str:
-        """The PEFT adapter name of `model`, loading it (and dropping the least recently used) if needed."""
-        if model.adapter is None:
+    def _load(self, adapter: Adapter | None) -> str:
+        """The PEFT name of `adapter`, loading it (and dropping the least recently used) if needed."""
+        if adapter is None:
             return BASE_ADAPTER
-        if model.id in self._adapters:
-            self._adapters.move_to_end(model.id)
-            return self._adapters[model.id]
+        if adapter.id in self._adapters:
+            self._adapters.move_to_end(adapter.id)
+            return self._adapters[adapter.id]
         self._names += 1
         name = f"adapter{self._names}"  # run ids may hold dots, which PEFT adapter names cannot
         started = time.perf_counter()
         if hasattr(self.model, "load_adapter") and hasattr(self.model, "peft_config"):
-            self.model.load_adapter(str(model.adapter), adapter_name=name)
+            self.model.load_adapter(str(adapter.path), adapter_name=name)
         else:
             from peft import PeftModel
 
-            self.model = PeftModel.from_pretrained(self.model, str(model.adapter), adapter_name=name).eval()
+            self.model = PeftModel.from_pretrained(self.model, str(adapter.path), adapter_name=name).eval()
             self._batch.model = self.model
-        self._adapters[model.id] = name
-        log.info("loaded adapter %s in %.2f s", model.id, time.perf_counter() - started)
-        in_use = {r.tag.model.id for r in self._batch.rows}
+        self._adapters[adapter.id] = name
+        log.info("loaded adapter %s in %.2f s", adapter.id, time.perf_counter() - started)
+        in_use = {r.tag.adapter.id for r in self._batch.rows if r.tag.adapter is not None}
         for old in list(self._adapters):
             if len(self._adapters) <= self.max_adapters:
                 break
-            if old not in in_use and old != model.id:
+            if old not in in_use and old != adapter.id:
                 self.model.delete_adapter(self._adapters.pop(old))
         return name
 
@@ -223,6 +244,10 @@ class Engine:
             row.tag.sink(Done("error", "", len(row.prompt), len(row.tokens), message))
 
 
+def _dora(adapter: Adapter | None) -> bool:
+    return adapter is not None and adapter.use_dora
+
+
 def _settled(text: str, stops: tuple[str, ...]) -> int:
     """How much of `text` can be sent: not a trailing partial character nor a possible start of a stop sequence."""
     # An incomplete UTF-8 character decodes as up to three replacement characters; more are really in the text.
@@ -237,7 +262,7 @@ def _settled(text: str, stops: tuple[str, ...]) -> int:
 
 def load_engine(base_path: Path, max_batch: int, max_adapters: int) -> Engine:
     """An engine over the base model at `base_path`, in float32 (the fast path on CPUs)."""
-    from specialize.models import load_model
+    from specialize.models.loading import load_model
 
     model, tokenizer = load_model(base_path)
     return Engine(model, tokenizer, max_batch=max_batch, max_adapters=max_adapters)

@@ -1,7 +1,7 @@
 """Every request `specialize serve` answers, and the feedback users give on the answers, in the registry.
 
-These rows are what monitoring reads (drift of inputs, latency, error rates) and what re-fine-tuning learns from
-(answers rated down, corrected answers).
+The server writes these rows; they are what monitoring reads (drift of inputs, latency, error rates) and what
+re-fine-tuning learns from (answers rated down, corrected answers).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Which models a server answers for: its base model and every finished run fine-tuned from it.
 
 A run made by a fine-tuning job is also answered for by the job's model id (`ft:<base>:<suffix>:<job>`), which
-its config records.
+the server's job store records (`aliases`).
 
 A run finished after the server started is found on its first request: a model id the server does not know is
 looked up in the registry again before it is refused.
@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 
 from specialize.config import load_resolved
 from specialize.errors import NotFoundError
+from specialize.models.engine import Adapter
 from specialize.runs import Registry
 
 log = logging.getLogger(__name__)
@@ -30,21 +32,30 @@ class ServedModel:
     """A model id clients may ask for; `adapter` is None for the base model itself."""
 
     id: str
-    adapter: Path | None
+    adapter: Adapter | None
     system_prompt: str | None
     created: int  # unix time, as OpenAI's model objects carry
-    use_dora: bool = False
 
 
 class ServedModels:
-    """The base model and the adapters of runs on it, by model id."""
+    """The base model and the adapters of runs on it, by model id.
+
+    `aliases` gives the other ids a run is served as (run id -> model id), read again whenever the registry is:
+    the fine-tuning job store's `ft:` model ids.
+    """
 
     def __init__(
-        self, base_name: str, base_path: Path, registry: Registry, runs: list[str] | None = None
+        self,
+        base_name: str,
+        base_path: Path,
+        registry: Registry,
+        runs: list[str] | None = None,
+        aliases: Callable[[], dict[str, str]] | None = None,
     ) -> None:
         self.base = ServedModel(base_name, None, None, int(base_path.stat().st_mtime))
         self._base_path = base_path.resolve()
         self._registry = registry
+        self._aliases = aliases or dict
         self._only = set(runs) if runs else None
         self._models: dict[str, ServedModel] = {base_name: self.base}
         self._lock = threading.Lock()
@@ -61,9 +72,10 @@ class ServedModels:
     def refresh(self) -> None:
         """Add every servable run in the registry (or in the `runs` the server was started with)."""
         found: dict[str, ServedModel] = {}
+        aliases = self._aliases()
         for run in self._registry.list_runs():
             if self._only is None or run["id"] in self._only:
-                found.update((model.id, model) for model in self._from_run(run))
+                found.update((model.id, model) for model in self._from_run(run, aliases.get(run["id"])))
         with self._lock:
             self._models.update(found)
 
@@ -85,8 +97,9 @@ class ServedModels:
         with self._lock:
             return list(self._models.values())
 
-    def _from_run(self, run: dict[str, Any]) -> tuple[ServedModel, ...]:
-        """The model ids a run is served as: its id, and its fine-tuning job's model id; none if unservable."""
+    def _from_run(self, run: dict[str, Any], alias: str | None = None) -> tuple[ServedModel, ...]:
+        """The model ids a run is served as: its id, and `alias` (its fine-tuning job's model id); none if
+        unservable."""
         if run["status"] != "completed":
             return ()
         adapter = Path(run["run_dir"]) / "train" / "adapter"
@@ -96,13 +109,11 @@ class ServedModels:
         use_dora = bool(json.loads((adapter / "adapter_config.json").read_text()).get("use_dora"))
         model = ServedModel(
             run["id"],
-            adapter,
+            Adapter(run["id"], adapter, use_dora),
             config.data.system_prompt,
             int(run["created_at"].replace(tzinfo=UTC).timestamp()),
-            use_dora,
         )
-        job = config.fine_tuning_job
-        return (model,) if job is None else (model, dataclasses.replace(model, id=job.fine_tuned_model))
+        return (model,) if alias is None else (model, dataclasses.replace(model, id=alias))
 
     def _same_base(self, base_model: str) -> bool:
         path = Path(base_model).expanduser()

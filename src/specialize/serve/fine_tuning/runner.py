@@ -1,6 +1,7 @@
 """The background worker of `specialize serve` that trains fine-tuning jobs, one at a time.
 
-Each job trains in a child process (`job_process.py`), never in the server: a crash, an out-of-memory kill or a
+Each job trains in a child process (`child.py`, running the CLI's `specialize run` or `specialize train --resume`),
+never in the server: a crash, an out-of-memory kill or a
 cancel ends the child and the server goes on answering. On start the worker first takes up a job that was
 running when the server stopped (its child continues the run from the last checkpoint), then the queued jobs in
 the order they came. A cancelled job's child is killed at once. Output of each child goes to
@@ -18,9 +19,8 @@ import sys
 import threading
 from pathlib import Path
 
-from specialize.config import load_resolved
-from specialize.deploy.jobs import FineTuningJob, FineTuningJobs
 from specialize.errors import DataError
+from specialize.serve.fine_tuning.jobs import FineTuningJob, FineTuningJobs, fine_tuned_model_id
 from specialize.train import RESULT_FILE, TrainResult
 
 log = logging.getLogger(__name__)
@@ -76,9 +76,17 @@ class JobRunner:
         if not self.jobs.set_status(job.id, "running" if run_id else "validating_files"):
             return  # cancelled meanwhile
         log_path = self.jobs.directory / f"{job.id}.log"
+        if run_id is None:
+            command = ["run", str(job.config_path)]
+        else:
+            run = self.jobs.registry.get_run(run_id)
+            if run["status"] == "completed":  # the server stopped between the end of the run and of the job
+                self._finished(job, 0, log_path)
+                return
+            command = ["train", "--resume", run["run_dir"]]  # its config names its registry
         with log_path.open("ab") as out:
             child = subprocess.Popen(
-                [sys.executable, "-m", "specialize.deploy.job_process", str(job.config_path)],
+                [sys.executable, "-m", "specialize.serve.fine_tuning.child", "--quiet", *command],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: a kill reaches anything it started
@@ -106,18 +114,13 @@ class JobRunner:
             return
         assert run_id is not None  # the child exits 0 only with its run completed
         run_dir = Path(self.jobs.registry.get_run(run_id)["run_dir"])
-        record = load_resolved(run_dir / "config.resolved.yaml").fine_tuning_job
-        assert record is not None
         trained = TrainResult.load(run_dir / "train" / RESULT_FILE)
+        model_id = fine_tuned_model_id(job)
         done = self.jobs.set_status(
-            job.id,
-            "succeeded",
-            fine_tuned_model=record.fine_tuned_model,
-            run_id=run_id,
-            trained_tokens=trained.train_tokens,
+            job.id, "succeeded", fine_tuned_model=model_id, run_id=run_id, trained_tokens=trained.train_tokens
         )
         if done:
-            self.jobs.add_event(job.id, f"New fine-tuned model created: {record.fine_tuned_model}")
+            self.jobs.add_event(job.id, f"New fine-tuned model created: {model_id}")
             self.jobs.add_event(job.id, "The job has successfully completed")
 
     def _fail(self, job: FineTuningJob, code: str, message: str, run_id: str | None) -> None:

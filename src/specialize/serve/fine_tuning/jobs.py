@@ -2,9 +2,10 @@
 
 Creating a job checks its files and hyperparameters and writes the run config it will train with to
 `<runs_dir>/fine_tuning/<job-id>.yaml`: the server's fine-tuning config (if any) with the job's files, seed and
-hyperparameters set, and `fine_tuning_job` naming the job and the model id it will be served as. The job's state
-and the events a client lists are rows of the registry's `fine_tuning_jobs` and `fine_tuning_events` tables;
-training progress is read from the run's own metrics. `job_runner.py` runs the queued jobs.
+hyperparameters set, and the job's id as the run's name. The job's state, its run and the model id it is served as
+(`ft:<base>:<suffix>:<job>`), and the events a client lists are rows of the registry's `fine_tuning_jobs` and
+`fine_tuning_events` tables; training progress is read from the run's own metrics. `runner.py` runs the queued
+jobs.
 
 Status: queued -> validating_files (the run's data stage) -> running (training and evaluation) -> succeeded |
 failed; cancelled from any of the first three.
@@ -19,9 +20,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from specialize.config import RunConfig, load_config, save_resolved
+import yaml
+
+from specialize.config import RunConfig, load_config
 from specialize.errors import ConfigError, NotFoundError
-from specialize.runs import Registry, now
+from specialize.runs import Registry, now, write_atomic
 
 ACTIVE = ("queued", "validating_files", "running")
 Auto = Literal["auto"]
@@ -143,8 +146,6 @@ class FineTuningJobs:
             ConfigError: the hyperparameters (or the server's fine-tuning config) make an invalid run config.
         """
         job_id = "ftjob-" + secrets.token_hex(12)
-        short = Path(base_model).name if Path(base_model).expanduser().is_dir() else base_model
-        model_id = f"ft:{short}:{suffix or ''}:{job_id.removeprefix('ftjob-')}"
         settings: dict[str, Any] = {
             "name": job_id,
             "base_model": base_model,
@@ -154,15 +155,16 @@ class FineTuningJobs:
             "data.validation": None if validation_file is None else str(validation_file),
             "data.format": "chat" if hyperparameters.method == "supervised" else "preference",
             "train.method": "sft" if hyperparameters.method == "supervised" else "dpo",
-            "fine_tuning_job.id": job_id,
-            "fine_tuning_job.fine_tuned_model": model_id,
         }
         if seed is not None:
             settings["seed"] = seed
         config, default_rate = _run_config(settings, hyperparameters, config_template)
         self.directory.mkdir(parents=True, exist_ok=True)
         config_path = self.directory / f"{job_id}.yaml"
-        save_resolved(config, config_path)
+        # A plain run config (every value, paths absolute), as `specialize run` reads it: the job's child runs it.
+        write_atomic(
+            config_path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+        )
         t = config.train
         resolved = {
             "n_epochs": int(t.epochs) if float(t.epochs).is_integer() else t.epochs,
@@ -275,7 +277,23 @@ class FineTuningJobs:
         return sorted(events, key=lambda e: (e.created_at, e.type == "message", e.id), reverse=True)
 
     def run_of(self, job_id: str) -> str | None:
-        return run_of_job(self.registry, job_id)
+        """The run made for a job, once its data stage has created it: the run named after the job (job ids are
+        96 random bits, so no other run has that name)."""
+        for run in reversed(self.registry.list_runs()):
+            if run["name"] == job_id:
+                return str(run["id"])
+        return None
+
+    def fine_tuned_models(self) -> dict[str, str]:
+        """The model id each succeeded job's run is served as: run id -> `ft:` model id."""
+        import sqlalchemy as sa
+
+        c = self.jobs.c
+        query = sa.select(c.run_id, c.fine_tuned_model).where(
+            (c.status == "succeeded") & c.run_id.is_not(None) & c.fine_tuned_model.is_not(None)
+        )
+        with self.engine.connect() as conn:
+            return {str(run): str(model) for run, model in conn.execute(query).all()}
 
     def status_of(self, job_id: str) -> str:
         with self.engine.connect() as conn:
@@ -305,13 +323,11 @@ class FineTuningJobs:
         return self.jobs.select().where(owner.is_(None) if key_id is None else owner == key_id)
 
 
-def run_of_job(registry: Registry, job_id: str) -> str | None:
-    """The run made for a job, once its data stage has created it: the run whose config records the job."""
-    for run in reversed(registry.list_runs()):
-        recorded = json.loads(run["config"]).get("fine_tuning_job") or {}
-        if run["name"] == job_id and recorded.get("id") == job_id:
-            return str(run["id"])
-    return None
+def fine_tuned_model_id(job: FineTuningJob) -> str:
+    """The model id a job's model is served as, OpenAI's shape: `ft:<base>:<suffix>:<job>` (a base model given as
+    a directory is named by the folder)."""
+    base = Path(job.model).name if Path(job.model).expanduser().is_dir() else job.model
+    return f"ft:{base}:{job.suffix or ''}:{job.id.removeprefix('ftjob-')}"
 
 
 def _run_config(
