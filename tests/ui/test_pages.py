@@ -106,7 +106,8 @@ def test_pages_need_a_signed_in_session(registry):
     signed = client.sign_in(key)
     assert signed.status_code == 303 and signed.headers["location"] == "/ui/runs"
     cookie = signed.headers["set-cookie"].lower()
-    assert "httponly" in cookie and "samesite=strict" in cookie and key not in signed.headers["set-cookie"]
+    assert "httponly" in cookie and "samesite=strict" in cookie and "path=/ui" in cookie
+    assert key not in signed.headers["set-cookie"]
     page = client.get("/ui/runs")
     assert page.status_code == 200 and "original" in page.text
     assert "script-src 'self'" in page.headers["content-security-policy"]

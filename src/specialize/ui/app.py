@@ -191,7 +191,7 @@ def ui_router(context: UiContext) -> APIRouter:
             httponly=True,
             samesite="strict",
             secure=request.url.scheme == "https",
-            path="/",
+            path="/ui",  # the API authenticates by bearer key only: the cookie never goes to /v1
         )
         response.delete_cookie(LOGIN_COOKIE, path="/ui/login")
         return response
@@ -202,7 +202,7 @@ def ui_router(context: UiContext) -> APIRouter:
         if not csrf_ok(session, fields.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER)):
             return _refused(site, "This request did not carry the page's CSRF token; nothing was changed.")
         response = RedirectResponse("/ui/login", 303)
-        response.delete_cookie(SESSION_COOKIE, path="/")
+        response.delete_cookie(SESSION_COOKIE, path="/ui")
         return response
 
     for provider in site.providers:
