@@ -21,7 +21,13 @@ from specialize.ui.reading import read_json
 
 
 @pytest.fixture
-def page(browser: Any, dashboard: Dashboard) -> Iterator[Any]:
+def expected_errors() -> list[str]:
+    """Console errors a test causes on purpose (a refused upload logs its 400), by a part of their text."""
+    return []
+
+
+@pytest.fixture
+def page(browser: Any, dashboard: Dashboard, expected_errors: list[str]) -> Iterator[Any]:
     """A signed-in tab of a fresh browser context; the test fails on any console error of any page it opened."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     tab = context.new_page()
@@ -34,7 +40,8 @@ def page(browser: Any, dashboard: Dashboard) -> Iterator[Any]:
     tab.wait_for_url("**/ui/runs")
     yield tab
     context.close()
-    assert not problems, problems
+    unexpected = [p for p in problems if not any(e in p for e in expected_errors)]
+    assert not unexpected, unexpected
 
 
 def report_of(dashboard: Dashboard, name: str) -> dict[str, Any]:
@@ -169,11 +176,20 @@ def test_playground_answers_as_the_api_does(page, dashboard, screenshots):
         assert answers[side] == direct["choices"][0]["message"]["content"]
 
 
-def test_new_run_trains_with_a_live_curve(page, dashboard, screenshots, tmp_path):
+def test_new_run_trains_with_a_live_curve(page, dashboard, screenshots, tmp_path, expected_errors):
     rows = classification_rows(24) + [chat_row("Label this message: cheap pills now", "spam", "spam")]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(rows[0]) + "\n{not json\n", encoding="utf-8")
+    expected_errors.append("status of 400")
+    page.goto(dashboard.url + "/ui/new")
+    page.set_input_files("[data-testid=training-file]", str(bad))
+    page.click("[data-testid=start]")
+    error = page.wait_for_selector("[data-testid=new-run-error]:not([hidden])")
+    assert "line 2" in error.inner_text()  # the API's own message, every bad line named
+    assert not page.is_visible("[data-testid=job]")
+
     data = tmp_path / "support.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    page.goto(dashboard.url + "/ui/new")
     page.set_input_files("[data-testid=training-file]", str(data))
     page.fill("[name=suffix]", "browser")
     page.click("[data-testid=start]")
