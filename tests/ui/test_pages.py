@@ -188,14 +188,20 @@ def drop(*keys: str) -> Callable[[dict[str, Any]], None]:
 
 
 def newer(report: dict[str, Any]) -> None:
-    """What a newer evaluation may add: a schema version, definitions, calibrated systems, label distributions."""
-    report["schema_version"] = 2
-    report["definitions"] = {"macro_f1": "mean of per-label F1 over the labels present in the reference"}
-    calibrated = dict(report["systems"]["fine_tuned"], macro_f1=0.5)
-    report["systems"]["fine_tuned_calibrated"] = calibrated
+    """Report schema 2 as the eval branch writes it: a schema number, the sample, definitions, the references,
+    scoring variants per system, predicted-label counts and a collapse check per system."""
+    report.update(
+        schema=2,
+        sample={"method": "stratified by label", "examples": 8, "of": 12, "labels_covered": 3, "labels": 3},
+        definitions={"macro_f1": "mean of per-label F1 over the labels in the gold answers or predictions"},
+        gold=["reference answer"] * report["n_examples"],
+        scoring={"requested": "best", "chosen": dict.fromkeys(report["systems"], "calibrated")},
+    )
     for metrics in report["systems"].values():
-        metrics["predicted_label_distribution"] = {label: 1 for label in report["labels"]}
-        metrics["expected_calibration_error"] = 0.125
+        metrics["scoring"] = "calibrated"
+        metrics["labels_averaged"] = 3
+        metrics["predicted_counts"] = {label: 1 for label in report["labels"]}
+        metrics["collapse"] = {"label": "billing", "share": 0.625, "flagged": False, "rule": "a rule"}
 
 
 def odd(report: dict[str, Any]) -> None:
@@ -241,10 +247,12 @@ VARIANTS = {
     "newer": (
         rewrite("eval/report.json", newer),
         [
-            "fine_tuned_calibrated",
-            "predicted_label_distribution",
-            "expected_calibration_error",
-            "schema_version",
+            "predicted_counts",
+            "labels_averaged",
+            "calibrated",
+            "collapse",
+            "schema, sample",
+            "reference answer",
         ],
     ),
     "odd-types": (rewrite("eval/report.json", odd), ["fine-tuned"]),

@@ -134,7 +134,7 @@ def _num(value: Any, digits: int = 3) -> str:
     if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) >= 1):
         return f"{int(value):,}"
     if isinstance(value, float):
-        return f"{value:.{digits}f}"
+        return f"{value:,.0f}" if digits == 0 else f"{value:.{digits}f}"
     return str(value)
 
 

@@ -37,7 +37,16 @@ KNOWN_METRICS = (
     "perplexity",
     "loss",
 )
-REPORT_KEYS_SHOWN = {"task", "headline", "labels", "n_examples", "systems", "significance", "overfitting"}
+REPORT_KEYS_SHOWN = {
+    "task",
+    "headline",
+    "labels",
+    "n_examples",
+    "systems",
+    "significance",
+    "overfitting",
+    "gold",
+}
 EXAMPLES_SHOWN = 200
 REJECTS_SHOWN = 200
 
@@ -269,12 +278,19 @@ class Evaluation:
     intervals: dict[str, tuple[float, float]]  # system -> interval of the headline metric
     per_label: dict[
         str, dict[str, dict[str, float]]
-    ]  # name (per_class_f1, support, ...) -> system -> label -> v
+    ]  # per_class_f1, support, ... -> system -> label -> value
+    counts: set[
+        str
+    ]  # the per-label tables of whole numbers (support, predicted counts), shown without decimals
     confusion: dict[str, list[list[float]]]  # system -> square matrix over `labels` (rows gold)
     findings: list[str]  # the paired test and the overfitting check, in the words of the terminal report
     examples: list[Example]
     examples_total: int
     examples_note: str | None  # why inputs could not be shown, when they could not
+    texts: dict[str, dict[str, str]]  # system -> other words the report says of it (the scoring it used, ...)
+    more: dict[
+        str, dict[str, Any]
+    ]  # system -> parts of its entry this page has no view for, shown as they are
     extra: dict[str, Any]  # report keys this page has no view for, shown as they are
 
 
@@ -288,15 +304,22 @@ def read_evaluation(report: Any, run_dir: Path, config: dict[str, Any]) -> Evalu
     values: dict[str, dict[str, float]] = {}
     per_label: dict[str, dict[str, dict[str, float]]] = {}
     confusion: dict[str, list[list[float]]] = {}
+    texts: dict[str, dict[str, str]] = {}
+    more: dict[str, dict[str, Any]] = {}
     for system in systems:
         metrics = mapping(systems_raw[system])
-        values[system] = {k: v for k, v in ((k, number(v)) for k, v in metrics.items()) if v is not None}
+        values[system], texts[system], more[system] = {}, {}, {}
         for name, item in metrics.items():
-            if isinstance(item, dict) and item and all(number(v) is not None for v in item.values()):
+            if number(item) is not None:
+                values[system][name] = float(item)
+            elif isinstance(item, str):
+                texts[system][name] = item
+            elif isinstance(item, dict) and item and all(number(v) is not None for v in item.values()):
                 per_label.setdefault(name, {})[system] = {str(k): float(v) for k, v in item.items()}
-        matrix = metrics.get("confusion_matrix")
-        if isinstance(matrix, list) and _square(matrix, len(labels)):
-            confusion[system] = [[float(c) for c in row] for row in matrix]
+            elif name == "confusion_matrix" and isinstance(item, list) and _square(item, len(labels)):
+                confusion[system] = [[float(c) for c in row] for row in item]
+            elif name != "predictions":
+                more[system][name] = item
     headline = report.get("headline") if isinstance(report.get("headline"), str) else None
     found = {m for v in values.values() for m in v}
     order = [headline] if headline in found else []
@@ -323,6 +346,13 @@ def read_evaluation(report: Any, run_dir: Path, config: dict[str, Any]) -> Evalu
         examples=examples,
         examples_total=total,
         examples_note=note,
+        counts={
+            name
+            for name, by_system in per_label.items()
+            if all(v.is_integer() for values in by_system.values() for v in values.values())
+        },
+        texts={s: t for s, t in texts.items() if t},
+        more={s: m for s, m in more.items() if m},
         extra={k: v for k, v in report.items() if k not in REPORT_KEYS_SHOWN},
     )
 
@@ -357,9 +387,10 @@ def _examples(
 ) -> tuple[list[Example], int, str | None]:
     """Each evaluated example with every system's answer, the fine-tuned model's errors first.
 
-    The report keeps each system's predictions in the order of the examples; the examples themselves are the
-    run's validation split, sampled the way evaluation samples it (`eval.max_examples` rows, seeded by the run's
-    seed). The sample is only trusted when its size matches the predictions.
+    The report keeps each system's predictions in the order of the examples (and, from report schema 2 on, the
+    reference answers as `gold`), but not which validation rows they were: the inputs are the run's validation
+    split when every row was evaluated, or, for a schema 1 report, the seeded sample of `eval.max_examples` rows
+    that schema 1 always drew. A split whose references disagree with the report's is not shown as its inputs.
     """
     from specialize.data import read_prepared, seeded_sample
 
@@ -371,28 +402,30 @@ def _examples(
     if not predictions:
         return [], 0, None
     n = min(len(p) for p in predictions.values())
+    task = report.get("task")
     try:
         rows = read_prepared(run_dir / "data" / "validation.jsonl")
     except (OSError, ValueError):
         rows = []
     limit = number(mapping(config.get("eval")).get("max_examples"))
-    seed = config["seed"] if isinstance(config.get("seed"), int) else 0
-    if limit is not None:
-        rows = seeded_sample(rows, int(limit), seed)
+    if len(rows) > n and "schema" not in report and limit is not None:
+        rows = seeded_sample(rows, int(limit), config["seed"] if isinstance(config.get("seed"), int) else 0)
+    recorded = report.get("gold")
+    gold = [str(g) for g in recorded] if isinstance(recorded, list) and len(recorded) >= n else None
     note = None
-    if len(rows) != n:
+    if len(rows) != n or (gold is not None and [_gold(r, task) for r in rows] != gold[:n]):
         note = (
-            "The run's validation split does not match the report's predictions; only the answers are shown."
+            "report.json does not record which validation rows were evaluated (a sample of them), so only the "
+            "references and answers are shown; evaluating every row (no eval.max_examples) shows the inputs too."
         )
         rows = [{} for _ in range(n)]
-    task = report.get("task")
     examples = [
         Example(
             prompt_text(row),
-            _gold(row, task),
+            gold[i] if gold is not None else _gold(row, task),
             {s: p[i] for s, p in predictions.items()},
         )
-        for i, row in enumerate(rows[:n])
+        for i, row in enumerate(rows)
     ]
     examples.sort(key=lambda e: not e.wrong)  # stable: errors first, each group in evaluation order
     return examples[:EXAMPLES_SHOWN], n, note
