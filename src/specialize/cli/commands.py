@@ -333,6 +333,7 @@ def serve(args: Any) -> int:
             runs_dir=args.runs_dir,
             fine_tune_config=args.fine_tune_config,
             max_upload_mb=args.max_upload_mb,
+            max_body_bytes=args.max_body_bytes,
         )
     )
     return 0
@@ -345,8 +346,9 @@ def keys(action: str, args: Any) -> int:
 
     store = ApiKeys(Registry(args.registry or DEFAULT_REGISTRY))
     if action == "create":
-        key, secret = store.create(args.name)
-        print(f"created {key.id} ({key.name}); the secret is shown once, keep it safe:\n{secret}")
+        key, secret = store.create(args.name, admin=args.admin)
+        kind = "admin key" if key.admin else "key"
+        print(f"created {kind} {key.id} ({key.name}); the secret is shown once, keep it safe:\n{secret}")
     elif action == "revoke":
         key = store.revoke(args.key_id)
         print(f"revoked {key.id} ({key.name})")
@@ -358,8 +360,9 @@ def keys(action: str, args: Any) -> int:
                 k.shown_prefix + "...",
                 f"{k.created_at:%Y-%m-%d %H:%M}",
                 "active" if k.active else f"revoked {k.revoked_at:%Y-%m-%d %H:%M}",
+                "admin" if k.admin else "",
             ]
             for k in store.list()
         ]
-        print(_table(["id", "name", "key", "created", "state"], rows) if rows else "no API keys")
+        print(_table(["id", "name", "key", "created", "state", "role"], rows) if rows else "no API keys")
     return 0

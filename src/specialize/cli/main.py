@@ -133,10 +133,19 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--max-upload-mb", type=int, default=512, help="largest training file accepted (default 512 MB)"
     )
+    s.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=4 * 2**20,
+        help="largest JSON request body; larger ones get 413 (default 4194304, 4 MB)",
+    )
 
     keys = sub.add_parser("keys", help="API keys of the server").add_subparsers(dest="action", required=True)
     create = keys.add_parser("create", help="make a key; its secret is shown once")
     create.add_argument("--name", default="default", help="what the key is for")
+    create.add_argument(
+        "--admin", action="store_true", help="the key sees every key's files, jobs and fine-tuned models"
+    )
     keys.add_parser("list", help="keys with their state; never their secrets")
     revoke = keys.add_parser("revoke", help="revoke a key; requests with it get 401 at once")
     revoke.add_argument("key_id", metavar="KEY_ID")
