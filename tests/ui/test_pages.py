@@ -288,6 +288,29 @@ def test_every_page_renders_for_old_new_and_odd_run_files(finished, registry, tm
     assert client.get(f"/ui/api/runs/{variant}/metrics").json()["status"] == "completed"
 
 
+def test_a_key_sees_only_its_own_jobs_runs(finished, registry, tmp_path):
+    """As the API shows a key only its own jobs and models: another key's job run is missing; an admin sees it."""
+    keys = ApiKeys(registry)
+    (owner, owner_secret), other_secret = keys.create("owner"), keys.create("other")[1]
+    admin_secret = keys.create("admin", admin=True)[1]
+    job_run = copy_run(finished, registry, tmp_path, "ftjob-0123", lambda _: None)
+    app = FastAPI()
+    app.include_router(
+        ui_router(UiContext(registry, keys, "tiny-chat", job_owners=lambda: {job_run: owner.id}))
+    )
+    for secret, sees in ((owner_secret, True), (other_secret, False), (admin_secret, True)):
+        client = Client(app)
+        client.sign_in(secret)
+        assert (f'data-run="{job_run}"' in client.get("/ui/runs").text) is sees
+        assert client.get(f"/ui/runs/{job_run}").status_code == (200 if sees else 404)
+        assert client.get(f"/ui/api/runs/{job_run}/metrics").status_code == (200 if sees else 404)
+        assert client.get(f"/ui/runs/{job_run}/files/report.json").status_code == (200 if sees else 404)
+        assert bool(client.get(f"/ui/api/runs?name={job_run}").json()["runs"]) is sees
+        compared = client.get(f"/ui/compare?run=original&run={job_run}").text
+        assert ("Not in the registry: " + job_run in compared) is not sees
+        assert client.get("/ui/runs/original").status_code == 200  # a `specialize run` run is everyone's
+
+
 def test_run_files_and_unknown_runs(registry):
     client, key = client_for(registry)
     client.sign_in(key)

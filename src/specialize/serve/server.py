@@ -85,7 +85,7 @@ def build_app(options: ServeOptions) -> Any:
         routers=[
             routes.files_router,
             routes.jobs_router,
-            ui_router(UiContext(registry, keys, models.base.id)),
+            ui_router(UiContext(registry, keys, models.base.id, job_owners=jobs.owners)),
         ],
         workers=[runner],
         fine_tuning=fine_tuning,

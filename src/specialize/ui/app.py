@@ -14,7 +14,8 @@ its `pages` returns no entry while the stage's package is absent, so the navigat
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -57,6 +58,9 @@ class UiContext:
     keys: ApiKeys | None  # None: the server runs without keys (--no-auth), and so does the dashboard
     base_model: str  # the served base model's id, the left side of the playground
     fine_tuning: bool = True  # the server takes fine-tuning jobs (the new-run page needs them)
+    # The fine-tuning jobs and the key owning each (job id -> key id). A job trains as a run named after it, and a
+    # key sees only its own jobs' runs (an admin key every run), as the API shows it only its own jobs and models.
+    job_owners: Callable[[], dict[str, str | None]] = field(default=dict)
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,24 @@ class Site:
         if session is None:
             raise HTTPException(401, "Sign in at /ui/login first.")
         return session
+
+    def visible(self, session: Session) -> Callable[[dict[str, Any]], bool]:
+        """Whether a run (its registry row) is shown to this session: runs of another key's jobs are not."""
+        owners = self.context.job_owners()
+        return lambda run: session.sees(owners.get(str(run.get("name"))))
+
+    def run_row(self, session: Session, run_id: str) -> dict[str, Any]:
+        """The registry row of a run this session may see.
+
+        Raises:
+            RunNotFoundError: no such run, or another key's: the same answer, as the API gives for its jobs.
+        """
+        from specialize.errors import RunNotFoundError
+
+        row = self.context.registry.get_run(run_id)
+        if not self.visible(session)(row):
+            raise RunNotFoundError(f"no run {run_id!r} in the registry")
+        return row
 
     def render(
         self,

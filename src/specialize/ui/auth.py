@@ -38,11 +38,18 @@ LIFETIME_S = 12 * 3600
 
 @dataclass(frozen=True)
 class Session:
-    """A signed-in browser: the key it signed in with (None when the server runs without keys)."""
+    """A signed-in browser: the key it signed in with (None when the server runs without keys) and whether that
+    key sees every key's runs, as an admin key (or a server without keys) does."""
 
     key_id: str | None
     csrf: str
     expires: int
+    admin: bool = False
+
+    def sees(self, owner: str | None) -> bool:
+        """Whether a run made by the fine-tuning job of key `owner` (None: nobody's) is shown to this session:
+        the API's own rule for files, jobs and models."""
+        return self.admin or owner is None or owner == self.key_id
 
 
 def _b64(data: bytes) -> str:
@@ -73,15 +80,17 @@ class Sessions:
         """A session cookie value for a valid key (any input when auth is off), else None."""
         key_id = None
         if self.keys is not None:
-            key_id = self.keys.verify(secret) if secret else None
-            if key_id is None:
+            key = self.keys.verify(secret) if secret else None
+            if key is None:
                 return None
+            key_id = key.id
         body = {"k": key_id, "c": secrets.token_urlsafe(24), "e": int(time.time()) + self.lifetime_s}
         payload = _b64(json.dumps(body, separators=(",", ":")).encode())
         return f"{payload}.{self._sign(payload)}"
 
     def read(self, request: Request) -> Session | None:
-        """The request's session: signed by this server, not expired, and its key not revoked."""
+        """The request's session: signed by this server, not expired, and its key not revoked; the key's admin
+        flag as it is now."""
         cookie = request.cookies.get(SESSION_COOKIE, "")
         payload, _, signature = cookie.partition(".")
         if not payload or not hmac.compare_digest(signature, self._sign(payload)):
@@ -93,9 +102,12 @@ class Sessions:
             return None
         if session.expires < time.time():
             return None
-        if self.keys is not None and not any(k.id == session.key_id and k.active for k in self.keys.list()):
+        if self.keys is None:
+            return Session(session.key_id, session.csrf, session.expires, admin=True)
+        key = next((k for k in self.keys.list() if k.id == session.key_id and k.active), None)
+        if key is None:
             return None
-        return session
+        return Session(session.key_id, session.csrf, session.expires, admin=key.admin)
 
 
 async def form_fields(request: Request) -> dict[str, str]:

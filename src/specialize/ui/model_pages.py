@@ -28,8 +28,11 @@ def router(site: Site) -> APIRouter:
     def playground(
         left: str = "", right: str = "", session: Session = Depends(site.page_session)
     ) -> Response:
+        visible = site.visible(session)
         finished = [
-            run["id"] for run in site.context.registry.list_runs() if run.get("status") == "completed"
+            run["id"]
+            for run in site.context.registry.list_runs()
+            if run.get("status") == "completed" and visible(run)
         ]
         return site.render(
             "playground.html",

@@ -215,6 +215,7 @@ SORT_KEYS = ("created", "name", "status", "task", "base_model", "method", "metri
 
 def list_runs(
     registry: Registry,
+    visible: Callable[[dict[str, Any]], bool],
     query: str = "",
     status: str = "",
     task: str = "",
@@ -225,7 +226,7 @@ def list_runs(
 
     Runs without a value for the sort key (no metric yet) come last in either order.
     """
-    runs = [summarize(row) for row in registry.list_runs()]
+    runs = [summarize(row) for row in registry.list_runs() if visible(row)]
     statuses = sorted({r.status for r in runs})
     tasks = sorted({r.task for r in runs if r.task})
     needle = query.strip().lower()
@@ -481,13 +482,9 @@ LINKED_FILES = {
 }
 
 
-def run_detail(registry: Registry, run_id: str) -> RunDetail:
-    """The run page's content.
-
-    Raises:
-        RunNotFoundError: no such run in the registry.
-    """
-    run = summarize(registry.get_run(run_id))
+def run_detail(row: dict[str, Any]) -> RunDetail:
+    """The run page's content, for the run's registry row."""
+    run = summarize(row)
     try:
         config_text: str | None = (run.run_dir / "config.resolved.yaml").read_text(encoding="utf-8")
     except OSError:
@@ -506,13 +503,9 @@ def run_detail(registry: Registry, run_id: str) -> RunDetail:
     )
 
 
-def training_curve(registry: Registry, run_id: str) -> dict[str, Any]:
-    """The run's status and its training metrics so far, by step, for the live curve.
-
-    Raises:
-        RunNotFoundError: no such run in the registry.
-    """
-    run = registry.get_run(run_id)
+def training_curve(registry: Registry, run: dict[str, Any]) -> dict[str, Any]:
+    """The run's status and its training metrics so far, by step, for the live curve."""
+    run_id = str(run["id"])
     steps: dict[int, dict[str, float]] = {}
     for m in registry.get_metrics(run_id, "train"):
         value = number(m.get("value"))

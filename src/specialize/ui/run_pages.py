@@ -54,7 +54,8 @@ def router(site: Site) -> APIRouter:
         session: Session = Depends(site.page_session),
     ) -> Response:
         sort = sort if sort in SORT_KEYS else "created"
-        found, statuses, tasks = list_runs(registry, q, status, task, sort, order != "asc")
+        visible = site.visible(session)
+        found, statuses, tasks = list_runs(registry, visible, q, status, task, sort, order != "asc")
         return site.render(
             "runs.html",
             session,
@@ -64,13 +65,13 @@ def router(site: Site) -> APIRouter:
             statuses=statuses,
             tasks=tasks,
             filters={"q": q, "status": status, "task": task, "sort": sort, "order": order},
-            total=len(registry.list_runs()),
+            total=sum(visible(row) for row in registry.list_runs()),
         )
 
     @r.get("/runs/{run_id}")
     def run_page(run_id: str, session: Session = Depends(site.page_session)) -> Response:
         try:
-            detail = run_detail(registry, run_id)
+            detail = run_detail(site.run_row(session, run_id))
         except RunNotFoundError:
             return site.not_found(session, f"No run {run_id} in the registry.")
         return site.render(
@@ -88,7 +89,7 @@ def router(site: Site) -> APIRouter:
         """A file of the run (its HTML report, report.json, model card, config): in the browser's own viewer
         (report.html sandboxed: it may show but never run anything)."""
         try:
-            run_dir = Path(registry.get_run(run_id)["run_dir"])
+            run_dir = Path(site.run_row(session, run_id)["run_dir"])
         except RunNotFoundError:
             return site.not_found(session, f"No run {run_id} in the registry.")
         if name not in LINKED_FILES or not (run_dir / LINKED_FILES[name]).is_file():
@@ -107,17 +108,19 @@ def router(site: Site) -> APIRouter:
     @r.get("/api/runs")
     def runs_api(name: str = "", session: Session = Depends(site.api_session)) -> Response:
         """Runs (id, name, status), optionally only those named `name`: the new-run page finds a job's run."""
+        visible = site.visible(session)
         rows = [
             {"id": row["id"], "name": row["name"], "status": row["status"]}
             for row in registry.list_runs()
-            if not name or row["name"] == name
+            if (not name or row["name"] == name) and visible(row)
         ]
         return JSONResponse({"runs": rows})
 
     @r.get("/api/runs/{run_id}/metrics")
     def metrics_api(run_id: str, session: Session = Depends(site.api_session)) -> Response:
         try:
-            return JSONResponse(training_curve(registry, run_id), headers={"Cache-Control": "no-store"})
+            curve = training_curve(registry, site.run_row(session, run_id))
+            return JSONResponse(curve, headers={"Cache-Control": "no-store"})
         except RunNotFoundError as exc:
             return JSONResponse({"error": str(exc)}, 404)
 
@@ -126,15 +129,16 @@ def router(site: Site) -> APIRouter:
         run: list[str] | None = Query(None),
         session: Session = Depends(site.page_session),
     ) -> Response:
+        visible = site.visible(session)
         chosen: list[RunSummary] = []
         missing = []
         for run_id in dict.fromkeys(run or []):
             try:
-                chosen.append(summarize(registry.get_run(run_id)))
+                chosen.append(summarize(site.run_row(session, run_id)))
             except RunNotFoundError:
                 missing.append(run_id)
-        everything = list_runs(registry)[0] if len(chosen) < 2 else []
-        evaluations = {s.id: run_detail(registry, s.id).evaluation for s in chosen}
+        everything = list_runs(registry, visible)[0] if len(chosen) < 2 else []
+        evaluations = {s.id: run_detail(registry.get_run(s.id)).evaluation for s in chosen}
         return site.render(
             "compare.html",
             session,

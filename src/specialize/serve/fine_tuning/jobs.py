@@ -296,6 +296,13 @@ class FineTuningJobs:
             rows = conn.execute(query).all()
         return {str(run): (model if status == "succeeded" else None, key) for run, model, status, key in rows}
 
+    def owners(self) -> dict[str, str | None]:
+        """Every job and the key that made it (job id -> key id): the dashboard shows a job's run to that key."""
+        import sqlalchemy as sa
+
+        with self.engine.connect() as conn:
+            return {str(i): k for i, k in conn.execute(sa.select(self.jobs.c.id, self.jobs.c.key_id)).all()}
+
     def status_of(self, job_id: str) -> str:
         with self.engine.connect() as conn:
             return str(conn.execute(self.jobs.select().where(self.jobs.c.id == job_id)).one().status)
