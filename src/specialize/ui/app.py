@@ -7,8 +7,10 @@ call the server's own `/v1` API from the browser. Everything the pages load come
 dashboard works offline; the Content-Security-Policy allows scripts and styles from the server only.
 
 Pages come from page providers, modules listed in PROVIDERS, each with `pages(context)` (its navigation entries)
-and `router(site)` (its routes). A stage that adds pages (search studies, monitoring) adds a provider module here;
-its `pages` returns no entry while the stage's package is absent, so the navigation shows what is installed.
+and `router(site)` (its routes, guarded by `site.page_session`; one that changes state, such as promoting an
+alias, by `site.changing_session`, which also checks the CSRF token). A stage that adds pages (search studies,
+monitoring) adds a provider module here; its `pages` returns no entry while the stage's package is absent, so the
+navigation shows what is installed.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
     from specialize.serve.api_keys import ApiKeys
 
 PROVIDERS = ("specialize.ui.run_pages", "specialize.ui.model_pages")
+FORM = "application/x-www-form-urlencoded"
 STATIC = {"ui.css": "text/css", "ui.js": "text/javascript"}
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -105,6 +108,17 @@ class Site:
         if session is None:
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             raise HTTPException(303, headers={"Location": f"/ui/login?next={quote(target, safe='')}"})
+        return session
+
+    async def changing_session(self, request: Request) -> Session:
+        """Dependency of every request that changes state (sign-out; a provider's promote or rollback): the
+        session, with its CSRF token in the header X-CSRF-Token or the form field `csrf_token`; else 403."""
+        session = self.page_session(request)
+        token = request.headers.get(CSRF_HEADER)
+        if token is None and request.headers.get("content-type", "").startswith(FORM):
+            token = (await form_fields(request)).get(CSRF_FIELD)
+        if not csrf_ok(session, token):
+            raise HTTPException(403, "This request did not carry the page's CSRF token; nothing was changed.")
         return session
 
     def api_session(self, request: Request) -> Session:
@@ -219,10 +233,7 @@ def ui_router(context: UiContext) -> APIRouter:
         return response
 
     @router.post("/logout")
-    async def logout(request: Request, session: Session = Depends(site.page_session)) -> Response:
-        fields = await form_fields(request)
-        if not csrf_ok(session, fields.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER)):
-            return _refused(site, "This request did not carry the page's CSRF token; nothing was changed.")
+    async def logout(session: Session = Depends(site.changing_session)) -> Response:
         response = RedirectResponse("/ui/login", 303)
         response.delete_cookie(SESSION_COOKIE, path="/ui")
         return response
