@@ -98,9 +98,12 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser(
         "serve",
-        help="serve the base model and fine-tuned adapters behind an OpenAI-compatible API",
+        aliases=["ui"],
+        help="serve the base model and fine-tuned adapters behind an OpenAI-compatible API, and the web "
+        "dashboard at /ui (`specialize ui` is the same command)",
         description="Serves the base model and every finished run fine-tuned from it (or the RUNs named), "
-        "chosen per request by the `model` field; a run that finishes later is served from its first request.",
+        "chosen per request by the `model` field; a run that finishes later is served from its first request. "
+        "The web dashboard is at /ui, behind the same API keys.",
     )
     s.add_argument(
         "runs", nargs="*", metavar="RUN", help="serve only these runs (default: every finished run)"
@@ -130,10 +133,19 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--max-upload-mb", type=int, default=512, help="largest training file accepted (default 512 MB)"
     )
+    s.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=4 * 2**20,
+        help="largest JSON request body; larger ones get 413 (default 4194304, 4 MB)",
+    )
 
     keys = sub.add_parser("keys", help="API keys of the server").add_subparsers(dest="action", required=True)
     create = keys.add_parser("create", help="make a key; its secret is shown once")
     create.add_argument("--name", default="default", help="what the key is for")
+    create.add_argument(
+        "--admin", action="store_true", help="the key sees every key's files, jobs and fine-tuned models"
+    )
     keys.add_parser("list", help="keys with their state; never their secrets")
     revoke = keys.add_parser("revoke", help="revoke a key; requests with it get 401 at once")
     revoke.add_argument("key_id", metavar="KEY_ID")
@@ -219,7 +231,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return commands.models_list() if args.action == "list" else commands.models_pull(args.name)
     if args.command == "runs":
         return commands.runs(args.registry)
-    if args.command == "serve":
+    if args.command in ("serve", "ui"):
         return commands.serve(
             base_model=args.base_model,
             runs=args.runs,
@@ -233,10 +245,11 @@ def _dispatch(args: argparse.Namespace) -> int:
             runs_dir=args.runs_dir,
             fine_tune_config=args.fine_tune_config,
             max_upload_mb=args.max_upload_mb,
+            max_body_bytes=args.max_body_bytes,
         )
     if args.command == "keys":
         if args.action == "create":
-            return commands.keys_create(args.name, args.registry)
+            return commands.keys_create(args.name, args.registry, admin=args.admin)
         if args.action == "revoke":
             return commands.keys_revoke(args.key_id, args.registry)
         return commands.keys_list(args.registry)

@@ -32,6 +32,7 @@ class ServeOptions:
     runs_dir: str | None = None  # default: the folder of a SQLite registry, else ./runs
     fine_tune_config: str | None = None
     max_upload_mb: int = 512
+    max_body_bytes: int = 4 * 2**20  # per JSON request body (gate.Limits)
 
 
 def build_app(options: ServeOptions) -> Any:
@@ -47,6 +48,7 @@ def build_app(options: ServeOptions) -> Any:
     from specialize.serve.metrics import ServerMetrics
     from specialize.serve.served_models import ServedModels
     from specialize.serve.state import Server
+    from specialize.ui import UiContext, ui_router
 
     registry = Registry(options.registry)
     keys = ApiKeys(registry) if options.auth else None
@@ -72,11 +74,19 @@ def build_app(options: ServeOptions) -> Any:
     engine = load_engine(base_path, options.max_batch, options.max_adapters)
     runner = JobRunner(jobs)
     fine_tuning = FineTuning(UploadedFiles(registry, runs_dir / "files"), jobs, runner, base_name, template)
-    limits = Limits(max_tokens=options.max_tokens, max_upload_bytes=options.max_upload_mb * 2**20)
-    gate = Gate(RequestLog(registry), keys, ServerMetrics(engine), limits)
+    limits = Limits(
+        max_tokens=options.max_tokens,
+        max_body_bytes=options.max_body_bytes,
+        max_upload_bytes=options.max_upload_mb * 2**20,
+    )
+    gate = Gate(RequestLog(registry), keys, ServerMetrics(engine, models.known), limits)
     return create_app(
         Server(engine, models, gate),
-        routers=[routes.files_router, routes.jobs_router],
+        routers=[
+            routes.files_router,
+            routes.jobs_router,
+            ui_router(UiContext(registry, keys, models.base.id, job_owners=jobs.owners)),
+        ],
         workers=[runner],
         fine_tuning=fine_tuning,
     )
@@ -96,4 +106,5 @@ def serve(options: ServeOptions) -> None:
     app = build_app(options)
     host = f"[{options.host}]" if ":" in options.host else options.host
     print(f"specialize serve: OpenAI-compatible API on http://{host}:{options.port}/v1", flush=True)
+    print(f"dashboard: http://{host}:{options.port}/ui", flush=True)
     uvicorn.run(app, host=options.host, port=options.port, log_level="warning", timeout_graceful_shutdown=30)
