@@ -172,6 +172,12 @@ class Gate:
             await self.logged(request)
         return error.response()
 
+    async def refuse_unrouted(self, request: Request, error: ApiError) -> Response:
+        """Refuse and log a request that no route takes (an unknown path, a wrong method)."""
+        served = ServedRequest(f"req-{secrets.token_hex(12)}", "unrouted")
+        request.state.served, request.state.started, request.state.logged = served, time.perf_counter(), False
+        return await self.refuse(request, error)
+
     def abandon(self, request: Request) -> None:
         """Log a request whose client left before its answer (status 499, as nginx counts them)."""
         served = getattr(request.state, "served", None)
