@@ -72,7 +72,9 @@ def test_health_answers_while_a_maximum_size_request_is_handled(live_server):
     raw = json.dumps(body).encode()
     assert MAX_BODY_BYTES - 1000 < len(raw) <= MAX_BODY_BYTES
     during, every, reply = health_while(live_server, lambda sent: chat(live_server, chunks(raw, sent)))
-    assert reply.status_code == 413 and reply.json()["error"]["code"] == "request_too_large"  # 38,000 messages
+    assert (
+        reply.status_code == 413 and reply.json()["error"]["code"] == "request_too_large"
+    )  # 38,000 messages
     assert during, f"no /health answer while the request was handled ({len(every)} in all)"
 
 
