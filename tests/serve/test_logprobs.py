@@ -71,6 +71,9 @@ async def test_completions_echo_the_prompts_logprobs(api, reference):
     )
     short = by_ids["choices"][1]["logprobs"]["token_logprobs"]
     assert short[:3] == pytest.approx(logprobs["token_logprobs"][:3], abs=1e-5)
+    async with api.client() as client:  # a one-token prompt: nothing to score but the answer
+        one = (await client.post("/v1/completions", json={**body, "prompt": ids[:1]})).json()["choices"][0]
+    assert one["logprobs"]["token_logprobs"][0] is None and len(one["logprobs"]["tokens"]) == 2
 
 
 @pytest.mark.parametrize(

@@ -156,7 +156,11 @@ class Gate:
         served: ServedRequest = state.served
         served.latency_ms = (time.perf_counter() - state.started) * 1000
         self.metrics.observe(served)
-        return self._writer.submit(self._write, served)
+        try:
+            return self._writer.submit(self._write, served)
+        except RuntimeError:  # the writer has stopped (the server is shutting down): write it here
+            self._write(served)
+            return None
 
     async def logged(self, request: Request) -> None:
         """Finish the request and wait until its row is written (an answer's row exists before its client reads
