@@ -204,3 +204,31 @@ async def test_bodies_are_decoded_templated_and_tokenized_off_the_event_loop(api
     assert chat.status_code == text.status_code == 200
     assert len(recorder.threads) >= 3 and len(decoding) == 2  # template + tokenize, tokenize; two bodies
     assert loop_thread not in recorder.threads + decoding
+
+
+async def test_every_5xx_is_answered_in_shape_and_logged_with_its_error(api, monkeypatch, tmp_path):
+    """Issue 14, defect 3: the 500s were plain text and none was logged."""
+    from specialize.config import load_config, save_resolved
+    from specialize.runs import RunDir
+
+    run = RunDir.create(tmp_path, "broken-run")  # a finished run whose adapter cannot be loaded
+    save_resolved(load_config(None, ['data.train="x.jsonl"']), run.config)
+    (run.train / "adapter").mkdir()
+    (run.train / "adapter" / "adapter_config.json").write_text('{"use_dora": false}')
+    api.registry.create_run(run, "broken-run", api.base, {})
+    api.registry.finish_run(run.id, "completed")
+    body = {"model": run.id, "messages": QUESTION, "max_tokens": 2}
+    async with api.client() as client:
+        whole = await client.post("/v1/chat/completions", json=body)
+        streamed = await client.post("/v1/chat/completions", json={**body, "stream": True})
+        monkeypatch.setattr(api.app.state.server.models, "list", lambda *_: 1 / 0)
+        crashed = await client.get("/v1/models")
+    assert whole.status_code == 500 and whole.json()["error"]["type"] == "server_error"
+    assert '"server_error"' in streamed.text  # a stream has sent its 200 already: the error is its last event
+    assert crashed.status_code == 500 and crashed.json()["error"]["code"] == "server_error"
+    rows = {r["id"]: r for r in api.rows()}
+    whole_row = rows[next(r for r in rows if r.startswith("chatcmpl-") and rows[r]["model"] == run.id)]
+    assert whole_row["status_code"] == 500 and "cannot load model" in whole_row["response"]
+    failed = [r for r in rows.values() if r["status_code"] == 500]
+    assert len(failed) == 3 and all(r["response"] for r in failed)
+    assert any("ZeroDivisionError" in r["response"] for r in failed)
