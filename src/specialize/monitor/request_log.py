@@ -7,7 +7,7 @@ re-fine-tuning learns from (answers rated down, corrected answers).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, fields
 from typing import Any
 
 from specialize.errors import NotFoundError
@@ -33,7 +33,6 @@ class ServedRequest:
     latency_ms: float = 0.0
     request: dict[str, Any] | None = None
     response: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class RequestLog:
@@ -77,8 +76,9 @@ class RequestLog:
     def record(self, req: ServedRequest) -> None:
         """Write one row; a body or answer over `MAX_STORED_CHARS` is kept as its head and its length, and text
         that is no valid Unicode is kept with U+FFFD in place of what cannot be stored."""
-        values = {k: _text(v) if isinstance(v, str) else v for k, v in asdict(req).items()}
-        values.pop("extra")
+        # Field by field, not `asdict`, which would deep-copy the request body for nothing.
+        values = {f.name: getattr(req, f.name) for f in fields(req)}
+        values = {k: _text(v) if isinstance(v, str) else v for k, v in values.items()}
         if req.request is not None:
             body = json.dumps(req.request, ensure_ascii=False)
             if len(body) > MAX_STORED_CHARS:
