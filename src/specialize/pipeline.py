@@ -35,6 +35,7 @@ from specialize.train.checkpoint import latest as latest_checkpoint
 
 if TYPE_CHECKING:
     from specialize.train.placement import Placement
+    from specialize.train.rewards import Reward
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +53,13 @@ class RunResult:
 
 @dataclass(frozen=True)
 class RunInputs:
-    """What `check_inputs` found: the base model's directory, where training runs, and the examples read."""
+    """What `check_inputs` found: the base model's directory, where training runs, the examples read, and the
+    reward of the `reward:` section."""
 
     model_path: Path
     placement: Placement
     examples: tuple[list[Example], list[Example] | None]
+    reward: Reward | None = None
 
 
 def run(config: RunConfig, progress: bool = True) -> RunResult:
@@ -79,7 +82,15 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
         data.n_rejected,
     )
     return _train_and_evaluate(
-        config, run_dir, data, inputs.model_path, registry, progress, resume=False, placement=inputs.placement
+        config,
+        run_dir,
+        data,
+        inputs.model_path,
+        registry,
+        progress,
+        resume=False,
+        placement=inputs.placement,
+        reward=inputs.reward,
     )
 
 
@@ -103,7 +114,9 @@ def check_inputs(config: RunConfig) -> RunInputs:
     Raises:
         ModelNotFoundError: `base_model` is neither a catalogue name nor a model directory.
         ResourceError: `train.device` asks for a GPU that is not there.
-        DataError: a bad line in a data file (all listed), or rows `train.method` cannot learn from.
+        DataError: a bad line in a data file (all listed), rows `train.method` cannot learn from, or rows the
+            reward cannot score (a label verifier on rows without labels).
+        ConfigError: the reward's function cannot be imported, or its reward model's run is not a finished one.
     """
     from specialize.models import check_model
     from specialize.train.placement import choose_placement
@@ -111,8 +124,18 @@ def check_inputs(config: RunConfig) -> RunInputs:
     check_model(config.base_model)
     placement = choose_placement(config.train.device, config.train.precision)
     examples = load_examples(config.data)
-    check_rows(config.train.method, [*examples[0], *(examples[1] or [])])
-    return RunInputs(resolve_model(config.base_model), placement, examples)
+    every = [*examples[0], *(examples[1] or [])]
+    check_rows(config.train.method, every)
+    reward = _reward(config)
+    if reward is not None:
+        reward.check([e.to_json() for e in every])
+    return RunInputs(resolve_model(config.base_model), placement, examples, reward)
+
+
+def _reward(config: RunConfig) -> Reward | None:
+    from specialize.train.rewards import build_reward
+
+    return None if config.reward is None else build_reward(config.reward, config.registry_url)
 
 
 def create_run(config: RunConfig, inputs: RunInputs) -> tuple[RunDir, PreparedData, Registry]:
@@ -172,7 +195,9 @@ def resume(run: str, registry_url: str | None = None, progress: bool = True) -> 
     if not (run_dir.train / RESULT_FILE).exists():
         last = latest_checkpoint(run_dir.train / "checkpoints")
         registry.delete_metrics_after(run_dir.id, "train", int(last.name.split("-")[-1]) if last else 0)
-    return _train_and_evaluate(config, run_dir, data, model_path, registry, progress, resume=True)
+    return _train_and_evaluate(
+        config, run_dir, data, model_path, registry, progress, resume=True, reward=_reward(config)
+    )
 
 
 def evaluate_run(
@@ -284,11 +309,14 @@ def _train_and_evaluate(
     progress: bool,
     resume: bool,
     placement: Placement | None = None,
+    reward: Reward | None = None,
 ) -> RunResult:
     """The stages after the data stage, in order; a stage whose output is recorded is skipped on resume."""
     run_id = run_dir.id
     try:
-        trained = _train_stage(config, run_dir, data, model_path, registry, progress, resume, placement)
+        trained = _train_stage(
+            config, run_dir, data, model_path, registry, progress, resume, placement, reward
+        )
         report = evaluate(
             config.eval,
             model_path,
@@ -322,6 +350,7 @@ def _train_stage(
     progress: bool,
     resume: bool,
     placement: Placement | None,
+    reward: Reward | None,
 ) -> TrainResult:
     finished = run_dir.train / RESULT_FILE
     if resume and finished.exists():
@@ -338,6 +367,7 @@ def _train_stage(
         progress=progress,
         resume=resume,
         placement=placement,
+        reward=reward,
     )
     registry.add_artifact(run_dir.id, "adapter" if trained.adapter else "model", trained.output_dir)
     registry.log_metrics(

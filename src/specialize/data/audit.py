@@ -41,11 +41,14 @@ LISTED = 10
 
 
 def task_of(examples: list[Example]) -> str:
-    """classification (labels), preference (pairs), text (continued pre-training) or generation."""
+    """classification (labels), preference (pairs), feedback (rated answers), text (continued pre-training) or
+    generation."""
     if any(e.label is not None for e in examples):
         return "classification"
     if any(e.rejected is not None for e in examples):
         return "preference"
+    if any(e.desirable is not None for e in examples):
+        return "feedback"
     if examples and all(e.text is not None for e in examples):
         return "text"
     return "generation"

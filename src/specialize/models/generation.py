@@ -5,7 +5,8 @@ slowest row, its streamers handle one row only, and every row shares one set of 
 clients needs the opposite, so this module keeps one `DecodeBatch` whose rows are prompts at different points:
 new prompts are pre-filled together and merged into the running cache (left-padded to a common length, the
 padding masked out), finished rows are dropped from it, and every row has its own temperature, top-p, seed and
-adapter. Evaluation uses the same engine through `generate_batch`.
+adapter. Evaluation uses the same engine through `generate_batch`, and on-policy training (online DPO, GRPO)
+samples through `sample_batch`, which also records each sampled token's log-probability.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Row:
     tag: Any = None  # the caller's handle (a request), carried along untouched
     tokens: list[int] = field(default_factory=list)
     generator: torch.Generator | None = None
+    logprobs: list[float] | None = None  # a list to record each token's log-probability in (temperature 1)
 
 
 class DecodeBatch:
@@ -57,8 +59,9 @@ class DecodeBatch:
             True  # pass each row's adapter to PEFT; False: the model's active adapter serves every row
         )
         self._cache: Any = None
-        self._mask = torch.zeros(0, 0, dtype=torch.long)
-        self._next_logits = torch.zeros(0, 0)
+        self.device = next(model.parameters()).device
+        self._mask = torch.zeros(0, 0, dtype=torch.long, device=self.device)
+        self._next_logits = torch.zeros(0, 0, device=self.device)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -75,12 +78,16 @@ class DecodeBatch:
     def _add_group(self, rows: Sequence[Row]) -> None:
         for row in rows:
             if row.sampling.temperature > 0:
-                row.generator = torch.Generator().manual_seed(
+                row.generator = torch.Generator(self.device).manual_seed(
                     row.sampling.seed if row.sampling.seed is not None else torch.seed()
                 )
         width = max(len(r.prompt) for r in rows)
-        ids = torch.tensor([[self.pad_id] * (width - len(r.prompt)) + r.prompt for r in rows])
-        mask = torch.tensor([[0] * (width - len(r.prompt)) + [1] * len(r.prompt) for r in rows])
+        ids = torch.tensor(
+            [[self.pad_id] * (width - len(r.prompt)) + r.prompt for r in rows], device=self.device
+        )
+        mask = torch.tensor(
+            [[0] * (width - len(r.prompt)) + [1] * len(r.prompt) for r in rows], device=self.device
+        )
         from transformers import DynamicCache
 
         cache = DynamicCache(config=self.model.config)
@@ -95,10 +102,21 @@ class DecodeBatch:
     def step(self) -> list[int]:
         """Choose the next token of every row, append it, and run the model once to ready the following one."""
         chosen = [_pick(self._next_logits[i], row) for i, row in enumerate(self.rows)]
+        recorded = [i for i, row in enumerate(self.rows) if row.logprobs is not None]
+        if recorded:
+            index = torch.tensor(recorded, device=self.device)
+            logprobs = torch.log_softmax(self._next_logits[index], dim=-1)
+            picked = logprobs.gather(
+                1, torch.tensor([chosen[i] for i in recorded], device=self.device)[:, None]
+            )
+            for i, value in zip(recorded, picked[:, 0].tolist(), strict=True):
+                self.rows[i].logprobs.append(value)  # type: ignore[union-attr]
         for row, token in zip(self.rows, chosen, strict=True):
             row.tokens.append(token)
-        self._mask = torch.cat([self._mask, torch.ones(len(self.rows), 1, dtype=torch.long)], dim=1)
-        ids = torch.tensor(chosen).unsqueeze(1)
+        self._mask = torch.cat(
+            [self._mask, torch.ones(len(self.rows), 1, dtype=torch.long, device=self.device)], dim=1
+        )
+        ids = torch.tensor(chosen, device=self.device).unsqueeze(1)
         self._next_logits = self._forward(ids, self._mask, self._cache, [r.adapter for r in self.rows])
         return chosen
 
@@ -113,7 +131,7 @@ class DecodeBatch:
         if not keep:
             self._cache, self._mask, self._next_logits = None, self._mask[:0, :0], self._next_logits[:0]
             return removed
-        index = torch.tensor(keep)
+        index = torch.tensor(keep, device=self.device)
         self._cache.batch_select_indices(index)
         self._mask = self._mask[index]
         self._next_logits = self._next_logits[index]
@@ -191,6 +209,40 @@ def _pick(logits: torch.Tensor, row: Row) -> int:
         sorted_probs[outside] = 0.0
         probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
     return int(torch.multinomial(probs, 1, generator=row.generator))
+
+
+def sample_batch(
+    model: Any,
+    prompts: Sequence[list[int]],
+    sampling: Sequence[Sampling],
+    stop: set[int],
+    pad_id: int,
+    batch_size: int = 16,
+) -> list[Row]:
+    """Sample one continuation of each prompt (token ids) with its own `Sampling`, recording log-probabilities.
+
+    The model's active adapter serves every row (the weights being trained, not a named adapter). A row ends at a
+    `stop` token (kept, as the last of its tokens) or at its `max_tokens`. Returns the rows in prompt order, each
+    with `tokens` and `logprobs` (of each token under the model at temperature 1, as it was when sampled).
+    """
+    queue = [
+        Row(list(p), s, tag=i, logprobs=[]) for i, (p, s) in enumerate(zip(prompts, sampling, strict=True))
+    ]
+    queue.reverse()
+    done: list[Row | None] = [None] * len(prompts)
+    batch = DecodeBatch(model, pad_id)
+    batch.mixed = False
+    while queue or batch.rows:
+        batch.add([queue.pop() for _ in range(min(batch_size - len(batch), len(queue)))])
+        batch.step()
+        finished = [
+            i
+            for i, r in enumerate(batch.rows)
+            if r.tokens[-1] in stop or len(r.tokens) >= r.sampling.max_tokens
+        ]
+        for row in batch.remove(finished):
+            done[row.tag] = row
+    return [row for row in done if row is not None]
 
 
 def generate_batch(
