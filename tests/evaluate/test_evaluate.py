@@ -148,7 +148,9 @@ def test_multiple_choice_picks_the_most_likely_of_each_rows_choices(tiny_model_d
         write_jsonl(tmp_path / "validation.jsonl", _prepared(rows)),
     )
 
-    report = _report(_evaluate(tiny_model_dir, splits, tmp_path, labels=None, systems=["base_zero_shot"]))
+    report = _report(
+        _evaluate(tiny_model_dir, splits, tmp_path, labels=None, systems=["base_zero_shot"], scoring="raw")
+    )
 
     assert report["task"] == "multiple_choice" and report["headline"] == "accuracy"
     predictions = report["systems"]["base_zero_shot"]["predictions"]

@@ -33,16 +33,19 @@ def _print_comparison(result: Any) -> None:
 
 def _print_report(title: str, report_path: Path, noun: str = "examples") -> None:
     """The system-by-metric table, the paired test and where the report is."""
-    from specialize.evaluate.overfitting import describe
-    from specialize.evaluate.report import comparison_rows, paired_test_line
+    from specialize.evaluate.report import comparison_rows, findings, load_report, variant_rows
 
-    report = json.loads(report_path.read_text(encoding="utf-8"))
+    report = load_report(report_path)
     header, rows = comparison_rows(report)
     print(f"\n{title}: {report['n_examples']} {noun}, {report['task']}")
     print(_table(header, rows))
-    findings = [line for line in (paired_test_line(report), describe(report.get("overfitting"))) if line]
-    if findings:
-        print("\n" + "\n".join(findings))
+    variants = variant_rows(report)
+    if variants:
+        print("\nunder each label-scoring variant (* the one reported above):")
+        print(_table(*variants))
+    lines = findings(report)
+    if lines:
+        print("\n" + "\n".join(lines))
     html = report_path.with_suffix(".html")
     print(f"report: {html if html.exists() else report_path}")
 
@@ -131,6 +134,9 @@ def compare(run_refs: list[str], registry_url: str | None, output: str) -> int:
             flat,
         )
     )
+    for row in rows:
+        if row.get("note"):
+            print(f"note: {row['run']}: {row['note']}")
     return 0
 
 
