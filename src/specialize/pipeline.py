@@ -18,6 +18,7 @@ from typing import Any
 
 from specialize.config import RunConfig
 from specialize.data import PreparedData, prepare_run, read_chat_jsonl
+from specialize.data.audit import left_out
 from specialize.errors import DataError, RunNotFoundError
 from specialize.evaluate import EvalReport, evaluate
 from specialize.evaluate.report import load_report, recorded_scoring, write_html_report
@@ -55,12 +56,16 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
     registry = Registry(config.registry_url)
     registry.set_status(run_id, "running")
     run_dir = RunDir(config.runs_dir / run_id)
+    rejected, not_sampled = left_out(
+        json.loads(data.audit_path.read_text(encoding="utf-8"))["rejected_by_kind"]
+    )
     log.info(
-        "run %s: %d training, %d validation examples, %d rejected",
+        "run %s: %d training, %d validation examples, %d rejected, %d not sampled",
         run_id,
         data.n_train,
         data.n_validation,
-        data.n_rejected,
+        rejected,
+        not_sampled,
     )
     model_path = resolve_model(config.base_model)
     return _train_and_evaluate(config, run_dir, data, model_path, registry, progress, resume=False)

@@ -235,21 +235,25 @@ def data_check(
 def data_prepare(config_path: Path, overrides: list[str], out: Path | None) -> int:
     from specialize.config import load_config
     from specialize.data import prepare_run
+    from specialize.data.audit import left_out
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     data, run_id = prepare_run(load_config(config_path, overrides), out)
     audit = json.loads(data.audit_path.read_text(encoding="utf-8"))
     print(_render_audit(audit))
     where = f"run {run_id}: " if run_id else ""
+    rejected, not_sampled = left_out(audit["rejected_by_kind"])
     print(
-        f"\n{where}{data.n_train} training, {data.n_validation} validation, {data.n_rejected} rejected rows in "
-        f"{data.directory}"
+        f"\n{where}{data.n_train} training, {data.n_validation} validation, {rejected} rejected, {not_sampled} not "
+        f"sampled rows in {data.directory}"
     )
     return 0
 
 
 def _render_audit(audit: dict[str, Any]) -> str:
     """The audit as a person reads it; `--json` gives the whole of it."""
+    from specialize.data.audit import left_out
+
     counts, tokens = audit["counts"], audit["tokens"]
     lines = []
     for split, info in audit["files"].items():
@@ -264,9 +268,10 @@ def _render_audit(audit: dict[str, Any]) -> str:
                 lines.append(
                     f"  note: {notes['count']} row(s) read with an adjustment, e.g. {notes['first'][0]}"
                 )
+    rejected, not_sampled = left_out(audit["rejected_by_kind"])
     lines.append(
         f"task: {audit['task']}; after cleaning {counts['train']} train, {counts['validation']} validation,"
-        f" {counts['rejected']} rejected ({audit['split']['method'] if audit['split'] else '-'})"
+        f" {rejected} rejected, {not_sampled} not sampled ({audit['split']['method'] if audit['split'] else '-'})"
     )
     if audit["rejected_by_kind"]:
         lines.append(
