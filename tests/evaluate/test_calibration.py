@@ -65,9 +65,8 @@ def test_best_takes_the_highest_metric_and_the_simpler_variant_on_a_tie():
     assert choose(dict.fromkeys(Scoring, 0.3)) == "raw"
 
 
-def _phi(directory, tokenizer, rows, favoured_token: int | None):
-    """A tiny Phi model (its lm_head has a bias) taught the rows' labels, then optionally biased towards one
-    token after every prompt: a label prior planted on top of what the model knows."""
+def _phi(tokenizer, rows):
+    """A tiny Phi model (its lm_head has a bias, where a label prior can be planted) taught the rows' labels."""
     config = PhiConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,
@@ -83,17 +82,12 @@ def _phi(directory, tokenizer, rows, favoured_token: int | None):
         torch.manual_seed(3)
         model = PhiForCausalLM(config)
         _teach(model, tokenizer, rows)
-    model.eval()
     with torch.no_grad():
         model.lm_head.bias.zero_()
-        if favoured_token is not None:
-            model.lm_head.bias[favoured_token] = PRIOR
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return model.eval()
 
 
-def _teach(model, tokenizer, rows, steps: int = 150) -> None:
+def _teach(model, tokenizer, rows, steps: int = 80) -> None:
     """A few full-batch steps on the label tokens, so that answers depend on the question."""
     from specialize.data import render_prompt
 
@@ -153,11 +147,16 @@ def planted(tmp_path_factory, tiny_model_dir):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(scoring_module, "label_log_probs", counted)
+        model = _phi(tokenizer, rows)
         for name, token in (("plain", None), ("biased", first_tokens[LABELS.index("spam")])):
-            model = _phi(root / name, tokenizer, rows, token)
+            if token is not None:  # the same model, plus a prior for "spam" after every prompt
+                with torch.no_grad():
+                    model.lm_head.bias[token] = PRIOR
+            model.save_pretrained(root / name)
+            tokenizer.save_pretrained(root / name)
             result = evaluate(
                 EvalConfig(systems=["base_zero_shot", "base_few_shot"], few_shot_k=2),
-                model,
+                root / name,
                 None,
                 validation,
                 validation,

@@ -12,6 +12,7 @@ import base64
 import html
 import json
 import re
+import shutil
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 
@@ -110,15 +111,16 @@ class _Plot:
         return [(float(u.get("x")), float(u.get("y"))) for u in self.groups[gid].iter(f"{SVG}use")]
 
 
-@pytest.fixture
-def run_root(tiny_model_dir, tmp_path):
+@pytest.fixture(scope="module")
+def evaluated(tiny_model_dir, tmp_path_factory):
     """A run directory holding what the report reads: a real evaluation, training losses, an audit."""
+    root = tmp_path_factory.mktemp("run")
     train = write_jsonl(
-        tmp_path / "data" / "train.jsonl",
+        root / "data" / "train.jsonl",
         [{**r, "source": f"train.jsonl:{i + 1}"} for i, r in enumerate(classification_rows(24))],
     )
     validation = write_jsonl(
-        tmp_path / "data" / "validation.jsonl",
+        root / "data" / "validation.jsonl",
         [
             {**r, "source": f"validation.jsonl:{i + 1}"}
             for i, r in enumerate(classification_rows(12, start=500))
@@ -130,18 +132,24 @@ def run_root(tiny_model_dir, tmp_path):
         None,
         train,
         validation,
-        tmp_path / "eval",
+        root / "eval",
         LABELS,
         progress=False,
-        train_dir=tmp_path / "train",
+        train_dir=root / "train",
     )
     losses = [{"step": s, "loss": 2.0 / s + 0.1, "tokens": 10, "tokens_per_second": 5.0} for s in range(1, 9)]
-    write_jsonl(tmp_path / "train" / "metrics.jsonl", losses)
-    (tmp_path / "train" / "result.json").write_text(
+    write_jsonl(root / "train" / "metrics.jsonl", losses)
+    (root / "train" / "result.json").write_text(
         json.dumps({"steps": 8, "validation_loss": 0.61, "final_train_loss": 0.35}), encoding="utf-8"
     )
-    (tmp_path / "data" / "audit.json").write_text(json.dumps({"counts": {"train": 24}}), encoding="utf-8")
-    return tmp_path
+    (root / "data" / "audit.json").write_text(json.dumps({"counts": {"train": 24}}), encoding="utf-8")
+    return root
+
+
+@pytest.fixture
+def run_root(evaluated, tmp_path):
+    """A copy of the evaluated run, for a test to change."""
+    return shutil.copytree(evaluated, tmp_path / "run")
 
 
 def test_every_plot_shows_the_numbers_of_the_report(run_root):

@@ -34,7 +34,7 @@ def _answers(
     return gold, predicted
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
     n_labels=st.integers(2, 90),
     n=st.integers(1, 160),
@@ -60,7 +60,7 @@ def test_the_estimate_is_scikit_learns_macro_f1_and_lies_inside_its_interval(
     assert low - 1e-12 <= estimate["macro_f1"] <= high + 1e-12
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
     n_labels=st.integers(2, 80),
     n=st.integers(20, 60),
