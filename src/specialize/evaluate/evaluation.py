@@ -112,8 +112,9 @@ def evaluate(
         rows = stratified_sample(rows, [r.get("label") for r in rows], config.max_examples, seed)
     elif config.max_examples is not None:
         rows = seeded_sample(rows, config.max_examples, seed)
-    runner = _Runner(config, model_path, adapter_path, train_file, rows, task, labels, seed, progress)
-    runner.fixed = scoring_choice
+    runner = _Runner(
+        config, model_path, adapter_path, train_file, rows, task, labels, seed, progress, scoring_choice
+    )
     results: dict[str, dict[str, Any]] = {}
     done: dict[tuple[bool, tuple[str, ...]], str] = {}
     for system in systems:
@@ -187,6 +188,7 @@ class _Runner:
         labels: list[str] | None,
         seed: int,
         progress: bool,
+        fixed: Mapping[str, str] | None,
     ) -> None:
         from specialize.models import load_model
 
@@ -205,7 +207,7 @@ class _Runner:
         self.prompts = SystemPrompts(
             config, self.tokenizer, rows, read_prepared(train_file), self.context, seed
         )
-        self.fixed: Mapping[str, str] | None = None
+        self.fixed = fixed  # scoring variants recorded for the run, if a test file is scored
         self.scores: dict[str, list[LabelScores]] = {}
         self.chosen: dict[str, Scoring] = {}
         self.variants: dict[str, dict[Scoring, dict[str, Any]]] = {}
