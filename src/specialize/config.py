@@ -332,11 +332,22 @@ class EvalConfig(_Section):
         description="Folder of .txt/.md documents the RAG systems retrieve passages from; default: training "
         "examples as demonstrations.",
     )
-    max_examples: int | None = Field(None, gt=0, description="Evaluate on a seeded sample of this many.")
+    max_examples: int | None = Field(
+        None,
+        gt=0,
+        description="Evaluate on a seeded sample of this many, stratified by label for classification.",
+    )
     free_answers: bool = Field(
         False,
         description="Classification: also let each system answer freely and report how often the answer is no "
         "label at all (invalid_answer_rate) and the accuracy of the free answers.",
+    )
+    scoring: Literal["raw", "length", "calibrated", "pmi", "best"] = Field(
+        "best",
+        description="Classification and multiple choice, every system alike: raw label log-probabilities, per "
+        "label token (length), divided by the label prior under content-free inputs (calibrated, Zhao et al. "
+        "2021) or after the bare instruction (pmi, Holtzman et al. 2021); best: each system's best on the "
+        "validation split, kept for later test files. Every variant is reported either way.",
     )
 
 

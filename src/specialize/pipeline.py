@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 from specialize.config import RunConfig, save_resolved
 from specialize.data import Example, PreparedData, load_examples, prepare_data, read_chat_jsonl
+from specialize.data.audit import left_out
 from specialize.errors import DataError, RunNotFoundError
 from specialize.evaluate import EvalReport, evaluate
-from specialize.evaluate.report import write_html_report
+from specialize.evaluate.report import load_report, recorded_scoring, write_html_report
 from specialize.models import resolve_model
 from specialize.runs import Registry, RunDir, build_run_dir, new_run_id, open_run, write_atomic
 from specialize.train import RESULT_FILE, TrainResult, check_rows, train
@@ -74,12 +75,16 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
     """
     inputs = check_inputs(config)
     run_dir, data, registry = create_run(config, inputs)
+    rejected, not_sampled = left_out(
+        json.loads(data.audit_path.read_text(encoding="utf-8"))["rejected_by_kind"]
+    )
     log.info(
-        "run %s: %d training, %d validation examples, %d rejected",
+        "run %s: %d training, %d validation examples, %d rejected, %d not sampled",
         run_dir.id,
         data.n_train,
         data.n_validation,
-        data.n_rejected,
+        rejected,
+        not_sampled,
     )
     return _train_and_evaluate(
         config,
@@ -243,6 +248,10 @@ def evaluate_run(
         on_metrics=lambda system, values: registry.log_metrics(run_dir.id, stage, values, system=system),
         progress=progress,
         train_dir=run_dir.train,
+        # `best` scoring was chosen on the validation split; a test file is scored the same way, not re-chosen
+        scoring_choice=recorded_scoring(run_dir.eval / "report.json")
+        if config.eval.scoring == "best"
+        else None,
     )
     registry.add_artifact(run_dir.id, stage, report.report_path)
     return report
@@ -251,7 +260,8 @@ def evaluate_run(
 def compare_runs(runs: list[str], registry_url: str | None = None) -> list[dict[str, Any]]:
     """One row per run: what was fine-tuned on what, and each system's headline metric with its 95% interval.
 
-    Read from each run's `eval/report.json` and the registry; nothing is recomputed.
+    Read from each run's `eval/report.json` and the registry; nothing is recomputed, except that a report of an
+    older schema is re-rendered under today's definitions and says so in `note`.
 
     Args:
         runs: run ids in the registry, or paths of run directories.
@@ -259,7 +269,8 @@ def compare_runs(runs: list[str], registry_url: str | None = None) -> list[dict[
 
     Returns:
         Per run: run, base_model, method, train_examples, task, headline, systems ({system: value, low, high}),
-        fine_tuned_vs_best (the paired test, or None) and overfitting (flagged or not, None if unknown).
+        fine_tuned_vs_best (the paired test, or None), overfitting (flagged or not, None if unknown) and note
+        (how an older report was read, or None).
 
     Raises:
         RunNotFoundError: a run is not in the registry, or has not been evaluated.
@@ -272,7 +283,7 @@ def compare_runs(runs: list[str], registry_url: str | None = None) -> list[dict[
             raise RunNotFoundError(
                 f"run {run_dir.id} has not been evaluated yet; finish it with `specialize train --resume {run_dir.id}`"
             )
-        report = json.loads(path.read_text(encoding="utf-8"))
+        report = load_report(path)  # an older schema re-rendered, with a note
         significance = report["significance"]
         data = {m["name"]: m["value"] for m in registry.get_metrics(run_dir.id, "data")}
         t = config.train
@@ -295,6 +306,7 @@ def compare_runs(runs: list[str], registry_url: str | None = None) -> list[dict[
                 },
                 "fine_tuned_vs_best": significance.get("paired_test"),
                 "overfitting": (report.get("overfitting") or {}).get("flagged"),
+                "note": report.get("note"),
             }
         )
     return rows

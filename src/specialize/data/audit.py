@@ -275,6 +275,17 @@ def build_audit(
     return report
 
 
+# Rows left out by a sample the config asked for (data.max_train_examples, data.max_per_label), not for anything
+# wrong with them: summaries count them apart from rows rejected for a reason.
+SAMPLED_OUT = ("not_sampled", "over_label_cap")
+
+
+def left_out(rejected_by_kind: dict[str, int]) -> tuple[int, int]:
+    """(rows rejected for a reason, rows not sampled), from an audit's `rejected_by_kind`."""
+    not_sampled = sum(n for kind, n in rejected_by_kind.items() if kind in SAMPLED_OUT)
+    return sum(rejected_by_kind.values()) - not_sampled, not_sampled
+
+
 def reject_warnings(rejected_by_kind: dict[str, int]) -> list[str]:
     if not rejected_by_kind:
         return []
