@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from specialize.config import RunConfig, save_resolved
+from specialize.config import ON_POLICY, RunConfig, save_resolved
 from specialize.data import Example, PreparedData, load_examples, prepare_data, read_chat_jsonl
 from specialize.data.audit import left_out
 from specialize.errors import DataError, RunNotFoundError
@@ -31,7 +31,7 @@ from specialize.evaluate import EvalReport, evaluate
 from specialize.evaluate.report import load_report, recorded_scoring, write_html_report
 from specialize.models import resolve_model
 from specialize.runs import Registry, RunDir, build_run_dir, new_run_id, open_run, write_atomic
-from specialize.train import RESULT_FILE, TrainResult, check_rows, train
+from specialize.train import RESULT_FILE, SAMPLES_FILE, TrainResult, check_rows, train
 from specialize.train.checkpoint import latest as latest_checkpoint
 
 if TYPE_CHECKING:
@@ -252,6 +252,7 @@ def evaluate_run(
         scoring_choice=recorded_scoring(run_dir.eval / "report.json")
         if config.eval.scoring == "best"
         else None,
+        reward=_reward(config),
     )
     registry.add_artifact(run_dir.id, stage, report.report_path)
     return report
@@ -341,6 +342,7 @@ def _train_and_evaluate(
             on_metrics=lambda system, values: registry.log_metrics(run_id, "eval", values, system=system),
             progress=progress,
             train_dir=run_dir.train,
+            reward=reward,
         )
         html = write_html_report(run_dir.root, f"specialize run {run_id}")
         registry.add_artifact(run_id, "report", html)
@@ -382,6 +384,8 @@ def _train_stage(
         reward=reward,
     )
     registry.add_artifact(run_dir.id, "adapter" if trained.adapter else "model", trained.output_dir)
+    if (run_dir.train / SAMPLES_FILE).exists():
+        registry.add_artifact(run_dir.id, "samples", run_dir.train / SAMPLES_FILE)
     registry.log_metrics(
         run_dir.id,
         "train",
@@ -402,6 +406,14 @@ def write_model_card(
 
     comparison = comparison_text(json.loads(report.report_path.read_text(encoding="utf-8")), markdown=True)
     t = config.train
+    on_policy = t.method in ON_POLICY
+    # On-policy, the validation figure early stopping watches is minus the mean reward of greedy answers.
+    validation = "validation figure (minus the mean reward)" if on_policy else "validation loss"
+    samples = (
+        f"\n- samples, rewards and advantages of every step: `train/{SAMPLES_FILE}`" if on_policy else ""
+    )
+    if config.reward is not None:
+        samples += f"\n- reward: {config.reward.type} ({config.reward.model_dump_json(exclude={'type'})})"
     adapter = (
         f"{t.adapter} (rank {t.lora.rank}, alpha {t.lora.alpha:g})"
         if t.adapter
@@ -422,8 +434,8 @@ Fine-tuned by specialize from **{config.base_model}**.
 - epochs {t.epochs:g}, batch size {t.batch_size} x accumulation {t.gradient_accumulation}, learning rate \
 {t.learning_rate:g}, warm-up {t.warmup_ratio:g}, seed {config.seed}
 - {trained.steps} steps, {trained.train_tokens} tokens in {trained.seconds:.0f} s \
-({trained.tokens_per_second:.0f} tokens/s); final training loss {trained.final_train_loss:.4f}, validation loss \
-{trained.validation_loss:.4f}
+({trained.tokens_per_second:.0f} tokens/s); final training loss {trained.final_train_loss:.4f}, {validation} \
+{trained.validation_loss:.4f}{samples}
 
 ## Evaluation ({report.n_examples} validation examples)
 {comparison}

@@ -8,10 +8,14 @@ and their metrics.
 from __future__ import annotations
 
 import math
-from typing import Any
+import statistics
+from typing import TYPE_CHECKING, Any
 
 from specialize.evaluate.calibration import LabelScores
 from specialize.evaluate.systems import Task
+
+if TYPE_CHECKING:
+    from specialize.train import Reward
 
 GENERATE_BATCH = 16  # answers decoded together; on a CPU, more rows per step stop paying beyond this
 EVAL_BATCH = 4  # prompts scored together; bounds the label-expanded cache to a few hundred MB
@@ -93,6 +97,35 @@ def answer_freely(
         loss, n = answer_loss(model, tokenizer, prompt, reference)
         loss_sum, n_tokens = loss_sum + loss, n_tokens + n
     return {**generation_metrics(references, predictions, loss_sum, n_tokens), "predictions": predictions}
+
+
+def rewarded(
+    model: Any,
+    tokenizer: Any,
+    rows: list[dict[str, Any]],
+    prompts: list[str],
+    task: Task,
+    result: dict[str, Any],
+    reward: Reward,
+) -> dict[str, Any]:
+    """The reward of a system's answers to the held-out prompts: its generated answers, its predicted labels or
+    choices, or, for preference pairs (where it only ranked answers), greedy answers generated for the purpose.
+
+    The reward sees each row's own conversation as the prompt, not the system's few-shot or retrieved context.
+    """
+    from specialize.train import Scored, prompt_of, score_answers
+
+    extra: dict[str, Any] = {}
+    if task == Task.PREFERENCE:
+        from specialize.models.generation import generate_batch
+
+        budgets = [min(512, len(tokenizer(r["chosen"][-1]["content"])["input_ids"]) * 2 + 16) for r in rows]
+        answers = generate_batch(model, tokenizer, prompts, budgets, batch_size=GENERATE_BATCH)
+        extra["answers"] = answers
+    else:
+        answers = [str(a) for a in result["predictions"]]
+    rewards = score_answers(reward, [Scored(prompt_of(r), a, r) for r, a in zip(rows, answers, strict=True)])
+    return {"reward": statistics.fmean(rewards), "rewards": rewards, **extra}
 
 
 def free_answers(

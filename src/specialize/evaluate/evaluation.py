@@ -12,6 +12,10 @@ Tasks (`systems.Task`): classification (a label per row; scored over the label s
 list per row, the answer being one of them; scored over that row's choices), generation (greedy answers),
 preference pairs and held-out text. Label scores are kept under every variant of `calibration.Scoring`; each
 system is reported under `eval.scoring` (`best`: its best variant on the validation split).
+
+With a `reward:` (the run's reward, `train.rewards`), every system's answers to the held-out prompts are also
+scored by it (`reward`, with its interval). A reward model's own run (`train.method: reward`) is evaluated on its
+pairs: its fine-tuned system ranks each pair by the reward head, the base systems by likelihood.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from specialize.config import EvalConfig
 from specialize.data import read_prepared
@@ -34,6 +38,9 @@ from specialize.evaluate.prompts import SystemPrompts
 from specialize.evaluate.sampling import stratified_sample
 from specialize.evaluate.systems import SYSTEMS, Prompting, System, Task
 from specialize.runs import write_atomic
+
+if TYPE_CHECKING:
+    from specialize.train import Reward
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +81,7 @@ def evaluate(
     progress: bool = True,
     train_dir: Path | None = None,
     scoring_choice: Mapping[str, str] | None = None,
+    reward: Reward | None = None,
 ) -> EvalReport:
     """Evaluate each configured system on the validation split (or another file of examples).
 
@@ -92,6 +100,7 @@ def evaluate(
         scoring_choice: each system's scoring variant as chosen on the run's validation split (see
             `report.recorded_scoring`); with `eval.scoring: best` a test file is scored with it rather than
             choosing again on the test examples. None: choose on these examples (they are the validation split).
+        reward: scores every system's answers to the held-out prompts (`reward` in each system's metrics).
 
     Returns:
         The metrics of every system.
@@ -113,7 +122,17 @@ def evaluate(
     elif config.max_examples is not None:
         rows = seeded_sample(rows, config.max_examples, seed)
     runner = _Runner(
-        config, model_path, adapter_path, train_file, rows, task, labels, seed, progress, scoring_choice
+        config,
+        model_path,
+        adapter_path,
+        train_file,
+        rows,
+        task,
+        labels,
+        seed,
+        progress,
+        scoring_choice,
+        reward,
     )
     results: dict[str, dict[str, Any]] = {}
     done: dict[tuple[bool, tuple[str, ...]], str] = {}
@@ -128,6 +147,12 @@ def evaluate(
             results[system.name] = runner.perplexity(system)
             if on_metrics:
                 on_metrics(system.name, {"perplexity": results[system.name]["perplexity"]})
+            continue
+        if runner.ranker is not None and system.fine_tuned and system.prompting != Prompting.ZERO_SHOT:
+            log.info(
+                "%s skipped: a reward model scores prompt and answer, with no context before them",
+                system.name,
+            )
             continue
         prompts, sources = runner.prompts.for_context(system.prompting)
         same = done.get((system.fine_tuned, tuple(prompts)))
@@ -189,12 +214,22 @@ class _Runner:
         seed: int,
         progress: bool,
         fixed: Mapping[str, str] | None,
+        reward: Reward | None = None,
     ) -> None:
         from specialize.models import load_model
+        from specialize.train.reward_model import is_reward_model, load_reward_model
 
         model, self.tokenizer = load_model(model_path)
         self.tuned = None
-        if adapter_path is not None and (adapter_path / "adapter_config.json").exists():
+        self.reward = reward
+        self.ranker: Any = None  # a reward model's run: the fine-tuned system ranks pairs by its head
+        if adapter_path is not None and is_reward_model(adapter_path):
+            if task != Task.PREFERENCE:
+                raise EvalError(
+                    f"{adapter_path} is a reward model, which ranks preference pairs; evaluate it on pairs"
+                )
+            self.ranker = load_reward_model(model_path, adapter_path)[0]
+        elif adapter_path is not None and (adapter_path / "adapter_config.json").exists():
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, adapter_path)
@@ -233,11 +268,18 @@ class _Runner:
     def answer(self, system: System, prompts: list[str]) -> dict[str, Any]:
         from tqdm.auto import tqdm
 
-        from specialize.evaluate.answers import answer_freely, free_answers, score_label_sets
+        from specialize.evaluate.answers import answer_freely, free_answers, rewarded, score_label_sets
 
         bar = tqdm(
             total=len(prompts), desc=system.name, unit="ex", disable=not self.progress, dynamic_ncols=True
         )
+        if system.fine_tuned and self.ranker is not None:
+            from specialize.train.reward_model import rank_pairs
+
+            ranked = rank_pairs(self.ranker, self.tokenizer, self.rows)
+            bar.close()
+            predictions = ["chosen" if right else "rejected" for right in ranked]
+            return {"preference_accuracy": sum(ranked) / len(ranked), "predictions": predictions}
         with self.weights(system) as model:
             if self.task.scores_labels:
                 question_free = self.prompts.question_free(system.prompting)
@@ -249,7 +291,15 @@ class _Runner:
                 result = answer_freely(model, self.tokenizer, self.rows, prompts, self.task, bar.update)
             if self.config.free_answers and self.task == Task.CLASSIFICATION and self.labels:
                 result.update(free_answers(model, self.tokenizer, self.rows, prompts, self.labels))
+            if self.reward is not None:
+                result.update(
+                    rewarded(model, self.tokenizer, self.rows, prompts, self.task, result, self.reward)
+                )
         bar.close()
+        if "rewards" in result:
+            from specialize.evaluate.significance import interval, resampled_scores
+
+            result["reward_interval"] = interval(resampled_scores(None, result["rewards"], None, self.seed))
         return result
 
     def reuse(self, system: str, same: str) -> None:

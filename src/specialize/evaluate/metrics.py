@@ -171,6 +171,18 @@ def numeric_matches(gold: list[str], predicted: list[str]) -> list[float] | None
     return [float(e == final_number(p)) for e, p in zip(expected, predicted, strict=True)]
 
 
+def number_matches(gold: list[str], predicted: list[str], strict: bool) -> list[float]:
+    """1.0 where an answer's final number is the reference's: strictly the one after `####`, leniently the last
+    number written (the `number` reward's two forms). Side by side they tell a model that learnt the answer
+    format from one that learnt to reason: the first raises strict alone, the second both."""
+    from specialize.train import answer_number, reference_number
+
+    return [
+        float((got := answer_number(p, strict)) is not None and got == reference_number(g))
+        for g, p in zip(gold, predicted, strict=True)
+    ]
+
+
 def generation_metrics(
     gold: list[str], predicted: list[str], loss_sum: float, n_tokens: int
 ) -> dict[str, Any]:
@@ -189,6 +201,8 @@ def generation_metrics(
     numeric = numeric_matches(gold, predicted)
     if numeric is not None:
         out["numeric_match"] = sum(numeric) / len(gold)
+        for form in ("strict", "lenient"):
+            out[f"number_{form}"] = sum(number_matches(gold, predicted, form == "strict")) / len(gold)
     out["rouge_l"] = sum(rouge) / len(gold)
     out["bleu"] = sacrebleu.corpus_bleu(predicted, [gold]).score / 100
     out["perplexity"] = math.exp(loss_sum / max(n_tokens, 1))

@@ -31,11 +31,21 @@ TABLE_METRICS = {
         "labels_averaged",
         "micro_f1",
         "invalid_answer_rate",
+        "reward",
     ],
-    "multiple_choice": ["accuracy"],
-    "preference": ["preference_accuracy"],
+    "multiple_choice": ["accuracy", "reward"],
+    "preference": ["preference_accuracy", "reward"],
     "text": ["perplexity", "loss"],
-    "generation": ["exact_match", "numeric_match", "rouge_l", "bleu", "perplexity"],
+    "generation": [
+        "exact_match",
+        "numeric_match",
+        "number_strict",
+        "number_lenient",
+        "rouge_l",
+        "bleu",
+        "perplexity",
+        "reward",
+    ],
 }
 VARIANTS = ("raw", "length", "calibrated", "pmi")
 
@@ -438,7 +448,9 @@ def comparison_text(report: dict[str, Any], markdown: bool = False) -> str:
             table = "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
         else:
             table = text_table(header, rows)
-        parts.append(table if i == 0 else f"under each label-scoring variant (* the one reported above):\n\n{table}")
+        parts.append(
+            table if i == 0 else f"under each label-scoring variant (* the one reported above):\n\n{table}"
+        )
     lines = findings(report)
     # A Markdown paragraph joins single lines: each finding needs a blank line of its own there.
     if lines:

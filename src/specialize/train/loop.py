@@ -50,6 +50,7 @@ class TrainResult:
     final_train_loss: float
     validation_loss: float
     computed_tokens: int = 0  # tokens run through the model: a prefix shared by a batch counts once
+    method: str = "sft"  # train.method; on-policy methods' losses are not a training/validation pair
 
     @property
     def tokens_per_second(self) -> float:
@@ -254,6 +255,7 @@ def train(
         last_loss,
         val_loss,
         state.computed_tokens,
+        config.method,
     )
     result.save(out_dir / RESULT_FILE)
     return result

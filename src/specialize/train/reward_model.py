@@ -127,6 +127,33 @@ def pair_figures(model: Any, objective: RewardModelObjective, pairs: list[Ranked
     return total / max(len(pairs), 1), right / max(len(pairs), 1)
 
 
+def is_reward_model(weights: Path) -> bool:
+    """Whether trained weights (an adapter folder or a full model folder) end in a scalar head."""
+    import json
+
+    adapter = weights / "adapter_config.json"
+    if adapter.is_file():
+        return json.loads(adapter.read_text(encoding="utf-8")).get("task_type") == "SEQ_CLS"
+    config = weights / "config.json"
+    if not config.is_file():
+        return False
+    architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+    return any(a.endswith("ForSequenceClassification") for a in architectures)
+
+
+def rank_pairs(model: Any, tokenizer: Any, rows: list[dict[str, Any]], batch_size: int = 8) -> list[bool]:
+    """For each preference row, whether the reward model scores its chosen answer above its rejected one."""
+    objective = RewardModelObjective(tokenizer.pad_token_id, batch_size)
+    pairs = objective.encode(model, tokenizer, rows)
+    ranked: list[bool] = []
+    with torch.no_grad():
+        for start in range(0, len(pairs), batch_size):
+            scores = sequence_scores(model, objective.collate(pairs[start : start + batch_size]))
+            n = scores.shape[0] // 2
+            ranked += (scores[:n] > scores[n:]).tolist()
+    return ranked
+
+
 def reward_model_dirs(run: str, registry_url: str | None) -> tuple[Path, Path]:
     """The base model directory and the trained weights of a finished `train.method: reward` run.
 
