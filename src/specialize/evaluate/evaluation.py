@@ -115,6 +115,9 @@ def evaluate(
             f"eval.systems lists {', '.join(tuned_systems)} but the run has no trained model; train it first"
         )
     rows = read_prepared(validation_file)
+    if rows and all("desirable" in r for r in rows):
+        # Rated answers (KTO's feedback rows): the good ones are references to answer like; the bad are not.
+        rows = [r for r in rows if r["desirable"]] or rows
     task = _task(rows, labels, validation_file)
     available = len(rows)
     if config.max_examples is not None and task == Task.CLASSIFICATION:

@@ -96,7 +96,9 @@ class _OnPolicy:
         return out
 
     def length(self, example: Prompt) -> int:
-        return len(example.ids) + self.settings.max_new_tokens
+        # A prompt becomes k sequences of up to prompt + max_new_tokens tokens: what the memory check must see.
+        # The same factor for every prompt keeps length-grouped batches as they would be without it.
+        return (len(example.ids) + self.settings.max_new_tokens) * self.settings.k
 
     def collate(self, examples: list[Prompt]) -> Batch:
         batch = collate([Encoded(p.ids, [IGNORE] * len(p.ids)) for p in examples], self.pad_id)
