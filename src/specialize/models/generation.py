@@ -81,17 +81,25 @@ class DecodeBatch:
                 row.generator = torch.Generator(self.device).manual_seed(
                     row.sampling.seed if row.sampling.seed is not None else torch.seed()
                 )
-        width = max(len(r.prompt) for r in rows)
+        # Rows with the same prompt and adapter (k samples of one prompt) are pre-filled once, then copied.
+        unique: dict[tuple[tuple[int, ...], str], int] = {}
+        copy_of = [unique.setdefault((tuple(r.prompt), r.adapter), len(unique)) for r in rows]
+        firsts = [rows[copy_of.index(i)] for i in range(len(unique))]
+        width = max(len(r.prompt) for r in firsts)
         ids = torch.tensor(
-            [[self.pad_id] * (width - len(r.prompt)) + r.prompt for r in rows], device=self.device
+            [[self.pad_id] * (width - len(r.prompt)) + r.prompt for r in firsts], device=self.device
         )
         mask = torch.tensor(
-            [[0] * (width - len(r.prompt)) + [1] * len(r.prompt) for r in rows], device=self.device
+            [[0] * (width - len(r.prompt)) + [1] * len(r.prompt) for r in firsts], device=self.device
         )
         from transformers import DynamicCache
 
         cache = DynamicCache(config=self.model.config)
-        logits = self._forward(ids, mask, cache, [r.adapter for r in rows])
+        logits = self._forward(ids, mask, cache, [r.adapter for r in firsts])
+        if len(firsts) < len(rows):
+            index = torch.tensor(copy_of, device=self.device)
+            cache.batch_select_indices(index)
+            mask, logits = mask[index], logits[index]
         if self.rows:
             self._cache, self._mask = _merge(self._cache, self._mask, cache, mask)
             self._next_logits = torch.cat([self._next_logits, logits])
