@@ -37,6 +37,7 @@ bench: $(DEV)
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/eval_throughput.py
 	$(BIN)/python benchmarks/serve_throughput.py
+	$(BIN)/python benchmarks/onpolicy_throughput.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -41,3 +41,23 @@ def test_benchmark_eval_config_is_valid(path):
         pytest.skip(f"the shared datasets are not next to this checkout ({config.data.train})")
     train, validation = load_examples(config.data)
     assert validation and {e.label for e in validation} <= {e.label for e in train}
+
+
+PREFERENCE_CONFIGS = sorted(
+    (Path(__file__).resolve().parents[1] / "benchmarks" / "preference_configs").glob("*.yaml")
+)
+
+
+@pytest.mark.parametrize("path", PREFERENCE_CONFIGS, ids=lambda p: p.name)
+def test_preference_benchmark_config_is_valid(path):
+    from specialize.train import check_rows
+
+    assert path.read_text(encoding="utf-8").startswith(
+        f"# specialize run benchmarks/preference_configs/{path.name}"
+    )
+    config = load_config(path)
+    assert config.eval.systems == ["base_zero_shot", "fine_tuned"]
+    if not config.data.train.exists():
+        pytest.skip(f"{config.data.train} is not on this machine")
+    train, validation = load_examples(config.data)
+    check_rows(config.train.method, [*train, *(validation or [])])

@@ -12,7 +12,7 @@ import difflib
 import subprocess
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -24,11 +24,15 @@ DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
 DEFAULT_REGISTRY = "sqlite:///runs/registry.db"
 
 
+# The error type of a rule across keys (its message names the keys and the fix, so it is shown as it is).
+RULE = "config_rule"
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-DataFormat = Literal["auto", "chat", "sharegpt", "alpaca", "completion", "preference", "text"]
+DataFormat = Literal["auto", "chat", "sharegpt", "alpaca", "completion", "preference", "feedback", "text"]
 # The row keys a `data.columns` mapping may fill; each format reads a subset of them (see data/formats.py).
 CanonicalColumn = Literal[
     "messages",
@@ -148,6 +152,41 @@ class EarlyStoppingConfig(_Section):
     min_delta: float = Field(0.0, ge=0, description="Smallest decrease that counts as an improvement.")
 
 
+class OnPolicyConfig(_Section):
+    """How the on-policy methods (`online_dpo`, `grpo`) sample from the model being trained, and GRPO's update."""
+
+    k: int = Field(
+        4,
+        ge=2,
+        le=64,
+        description="Samples per prompt: online DPO pairs the best with the worst; GRPO's group.",
+    )
+    temperature: float = Field(1.0, gt=0, le=2, description="Sampling temperature.")
+    top_p: float = Field(
+        1.0, gt=0, le=1, description="Nucleus sampling: the smallest set of tokens reaching top_p."
+    )
+    max_new_tokens: int = Field(128, gt=0, description="Longest sampled answer, in tokens.")
+    clip: float = Field(0.2, gt=0, lt=1, description="GRPO: the probability ratio is clipped to 1 +- clip.")
+    kl: float = Field(
+        0.0,
+        ge=0,
+        description="GRPO: weight of the KL term to the base model (adapter off); 0 skips that pass.",
+    )
+
+
+class KtoConfig(_Section):
+    """KTO's settings (Ethayarajh et al., 2024): unpaired answers rated good or bad."""
+
+    beta: float = Field(0.1, gt=0, description="How far the policy may move from the base model.")
+    desirable_weight: float = Field(1.0, gt=0, description="Weight of the answers rated good.")
+    undesirable_weight: float = Field(1.0, gt=0, description="Weight of the answers rated bad.")
+
+
+TrainMethod = Literal["sft", "dpo", "orpo", "kto", "reward", "online_dpo", "grpo"]
+# Methods whose loss needs the base model as a reference (the adapter switched off).
+NEEDS_REFERENCE = {"dpo": "DPO", "kto": "KTO", "online_dpo": "online DPO"}
+ON_POLICY = ("online_dpo", "grpo")
+
 TrainDevice = Literal["auto", "cpu", "cuda"]
 TrainPrecision = Literal[
     "auto", "float32", "bfloat16"
@@ -157,11 +196,20 @@ TrainPrecision = Literal[
 class TrainConfig(_Section):
     """How the base model is fine-tuned."""
 
-    method: Literal["sft", "dpo"] = Field(
+    method: TrainMethod = Field(
         "sft",
-        description="sft: learn the assistant answers; dpo: prefer each pair's chosen answer (needs pairs).",
+        description="sft: learn the assistant answers; dpo, orpo: prefer each pair's chosen answer; kto: answers "
+        "rated good or bad; reward: a reward model on pairs; online_dpo, grpo: learn from the model's own "
+        "samples scored by `reward:`.",
     )
-    dpo_beta: float = Field(0.1, gt=0, description="DPO: how far the policy may move from the base model.")
+    dpo_beta: float = Field(
+        0.1, gt=0, description="DPO and online DPO: how far the policy may move from the base model."
+    )
+    orpo_lambda: float = Field(
+        0.1, gt=0, description="ORPO: weight of the odds-ratio term beside the SFT loss."
+    )
+    kto: KtoConfig = Field(default_factory=KtoConfig)
+    onpolicy: OnPolicyConfig = Field(default_factory=OnPolicyConfig)
     adapter: Literal["lora", "dora"] | None = Field("lora", description="null fine-tunes every weight.")
     lora: LoraConfig = Field(default_factory=LoraConfig)
     epochs: float = Field(1.0, gt=0)
@@ -182,14 +230,88 @@ class TrainConfig(_Section):
     early_stopping: EarlyStoppingConfig | None = Field(None, description="null trains for the full length.")
 
     @model_validator(mode="after")
-    def _dpo_needs_an_adapter(self) -> TrainConfig:
-        if self.method == "dpo" and self.adapter is None:
+    def _reference_needs_an_adapter(self) -> TrainConfig:
+        name = NEEDS_REFERENCE.get(self.method) or (
+            "GRPO's KL term" if self.method == "grpo" and self.onpolicy.kl else None
+        )
+        if name and self.adapter is None:
             raise PydanticCustomError(
-                "dpo_adapter",
-                "train.method dpo takes its reference model from the base under the adapter; set train.adapter "
-                "to lora or dora (full fine-tuning with DPO is not supported)",
+                RULE,
+                "train.method {method} takes its reference model from the base under the adapter; set "
+                "train.adapter to lora or dora (full fine-tuning with {name} is not supported)",
+                {"method": self.method, "name": name},
+            )
+        if self.method == "kto" and self.batch_size < 2:
+            raise PydanticCustomError(
+                RULE,
+                "train.method kto needs train.batch_size of 2 or more: its KL estimate pairs each prompt with "
+                "another example's answer in the batch",
             )
         return self
+
+
+class LabelReward(_Section):
+    """1 when the answer is the row's gold label (case, spacing and outer punctuation aside), else 0."""
+
+    type: Literal["label"]
+
+
+class NumberReward(_Section):
+    """1 when the answer's final number equals the reference answer's (GSM8K style), else 0."""
+
+    type: Literal["number"]
+    form: Literal["strict", "lenient"] = Field(
+        "strict", description="strict: the number after `####`; lenient: the last number in the answer."
+    )
+
+
+class ExactMatchReward(_Section):
+    """1 when the answer equals the reference answer (case and spacing aside), else 0."""
+
+    type: Literal["exact_match"]
+
+
+class FunctionReward(_Section):
+    """A Python function `module:function(prompt, completion, row) -> float`."""
+
+    type: Literal["function"]
+    function: str = Field(
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="module:function; the module is imported from the Python path or the current folder.",
+    )
+
+
+class ModelReward(_Section):
+    """A reward model trained by specialize (`train.method: reward`): its scalar head scores each answer."""
+
+    type: Literal["model"]
+    run: str = Field(description="The reward model's run: its id in the registry, or its run directory.")
+    batch_size: int = Field(8, gt=0, description="Answers scored per forward pass.")
+
+
+class JudgeReward(_Section):
+    """An LLM judge at an OpenAI-compatible endpoint scores each answer against a rubric."""
+
+    type: Literal["judge"]
+    url: str = Field(pattern=r"^https?://", description="Base URL of the API, e.g. http://127.0.0.1:8000/v1.")
+    model: str = Field(description="The judge's model name at that endpoint.")
+    rubric: str = Field(min_length=1, description="What a good answer does; the judge scores against it.")
+    max_score: int = Field(
+        10, ge=1, description="The judge scores 0..max_score; the reward is score / max_score."
+    )
+    api_key_env: str | None = Field(
+        None,
+        description="Environment variable holding the API key (never the key itself: configs are saved).",
+    )
+    timeout: float = Field(60.0, gt=0, description="Seconds to wait for one verdict.")
+    concurrency: int = Field(4, ge=1, le=64, description="Verdicts requested at once.")
+
+
+RewardConfig = Annotated[
+    LabelReward | NumberReward | ExactMatchReward | FunctionReward | ModelReward | JudgeReward,
+    Field(discriminator="type"),
+]
+REWARD_TYPES = ("label", "number", "exact_match", "function", "model", "judge")
 
 
 EvalSystem = Literal["base_zero_shot", "base_few_shot", "base_rag", "fine_tuned", "fine_tuned_rag"]
@@ -210,11 +332,22 @@ class EvalConfig(_Section):
         description="Folder of .txt/.md documents the RAG systems retrieve passages from; default: training "
         "examples as demonstrations.",
     )
-    max_examples: int | None = Field(None, gt=0, description="Evaluate on a seeded sample of this many.")
+    max_examples: int | None = Field(
+        None,
+        gt=0,
+        description="Evaluate on a seeded sample of this many, stratified by label for classification.",
+    )
     free_answers: bool = Field(
         False,
         description="Classification: also let each system answer freely and report how often the answer is no "
         "label at all (invalid_answer_rate) and the accuracy of the free answers.",
+    )
+    scoring: Literal["raw", "length", "calibrated", "pmi", "best"] = Field(
+        "best",
+        description="Classification and multiple choice, every system alike: raw label log-probabilities, per "
+        "label token (length), divided by the label prior under content-free inputs (calibrated, Zhao et al. "
+        "2021) or after the bare instruction (pmi, Holtzman et al. 2021); best: each system's best on the "
+        "validation split, kept for later test files. Every variant is reported either way.",
     )
 
 
@@ -229,12 +362,27 @@ class RunConfig(_Section):
     data: DataConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    reward: RewardConfig | None = Field(
+        None,
+        description="Scores answers: what online_dpo and grpo learn from, and a metric of every evaluated system.",
+    )
+
+    @model_validator(mode="after")
+    def _on_policy_needs_a_reward(self) -> RunConfig:
+        if self.train.method in ON_POLICY and self.reward is None:
+            raise PydanticCustomError(
+                RULE,
+                "train.method {method} learns from rewards of the model's own answers, and there is no reward: "
+                "section; add one, e.g. reward: {{type: number}} for GSM8K-style answers (types: {types})",
+                {"method": self.train.method, "types": ", ".join(REWARD_TYPES)},
+            )
+        return self
 
     @model_validator(mode="after")
     def _few_shot_needs_examples(self) -> RunConfig:
         if self.data.max_train_examples is not None and self.data.max_train_examples < self.eval.few_shot_k:
             raise PydanticCustomError(
-                "few_shot",
+                RULE,
                 "data.max_train_examples ({n}) is below eval.few_shot_k ({k}); few-shot prompts need that many "
                 "training examples: raise data.max_train_examples or lower eval.few_shot_k",
                 {"n": self.data.max_train_examples, "k": self.eval.few_shot_k},
@@ -349,7 +497,7 @@ def _describe(exc: ValidationError, source: str) -> str:
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
         if err["type"] == "extra_forbidden":
             lines.append(f"{source}: unknown key '{key}'{_suggest(err['loc'])}; remove or rename it")
-        elif err["type"] == "few_shot":
+        elif err["type"] == RULE:  # a rule across keys: its message names them
             lines.append(f"{source}: {err['msg']}")
         elif err["type"] == "missing":
             lines.append(f"{source}: missing key '{key}'; add it to the config or pass --set {key}=...")

@@ -73,3 +73,10 @@ class ExportError(SpecializeError):
     """A finished run cannot be exported as asked (format, architecture, output folder)."""
 
     exit_code = 9
+
+
+class RewardError(SpecializeError):
+    """A reward could not score an answer: it raised, returned something other than a number, or its judge or
+    model could not be reached; the message names the reward and the row."""
+
+    exit_code = 10

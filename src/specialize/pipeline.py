@@ -23,18 +23,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from specialize.config import RunConfig, save_resolved
+from specialize.config import ON_POLICY, RunConfig, save_resolved
 from specialize.data import Example, PreparedData, load_examples, prepare_data, read_chat_jsonl
+from specialize.data.audit import left_out
 from specialize.errors import DataError, RunNotFoundError
 from specialize.evaluate import EvalReport, evaluate
-from specialize.evaluate.report import write_html_report
+from specialize.evaluate.report import load_report, recorded_scoring, write_html_report
 from specialize.models import resolve_model
 from specialize.runs import Registry, RunDir, build_run_dir, new_run_id, open_run, write_atomic
-from specialize.train import RESULT_FILE, TrainResult, check_rows, train
+from specialize.train import RESULT_FILE, SAMPLES_FILE, TrainResult, check_rows, train
 from specialize.train.checkpoint import latest as latest_checkpoint
 
 if TYPE_CHECKING:
     from specialize.train.placement import Placement
+    from specialize.train.rewards import Reward
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +54,13 @@ class RunResult:
 
 @dataclass(frozen=True)
 class RunInputs:
-    """What `check_inputs` found: the base model's directory, where training runs, and the examples read."""
+    """What `check_inputs` found: the base model's directory, where training runs, the examples read, and the
+    reward of the `reward:` section."""
 
     model_path: Path
     placement: Placement
     examples: tuple[list[Example], list[Example] | None]
+    reward: Reward | None = None
 
 
 def run(config: RunConfig, progress: bool = True) -> RunResult:
@@ -71,15 +75,27 @@ def run(config: RunConfig, progress: bool = True) -> RunResult:
     """
     inputs = check_inputs(config)
     run_dir, data, registry = create_run(config, inputs)
+    rejected, not_sampled = left_out(
+        json.loads(data.audit_path.read_text(encoding="utf-8"))["rejected_by_kind"]
+    )
     log.info(
-        "run %s: %d training, %d validation examples, %d rejected",
+        "run %s: %d training, %d validation examples, %d rejected, %d not sampled",
         run_dir.id,
         data.n_train,
         data.n_validation,
-        data.n_rejected,
+        rejected,
+        not_sampled,
     )
     return _train_and_evaluate(
-        config, run_dir, data, inputs.model_path, registry, progress, resume=False, placement=inputs.placement
+        config,
+        run_dir,
+        data,
+        inputs.model_path,
+        registry,
+        progress,
+        resume=False,
+        placement=inputs.placement,
+        reward=inputs.reward,
     )
 
 
@@ -103,7 +119,9 @@ def check_inputs(config: RunConfig) -> RunInputs:
     Raises:
         ModelNotFoundError: `base_model` is neither a catalogue name nor a model directory.
         ResourceError: `train.device` asks for a GPU that is not there.
-        DataError: a bad line in a data file (all listed), or rows `train.method` cannot learn from.
+        DataError: a bad line in a data file (all listed), rows `train.method` cannot learn from, or rows the
+            reward cannot score (a label verifier on rows without labels).
+        ConfigError: the reward's function cannot be imported, or its reward model's run is not a finished one.
     """
     from specialize.models import check_model
     from specialize.train.placement import choose_placement
@@ -111,8 +129,18 @@ def check_inputs(config: RunConfig) -> RunInputs:
     check_model(config.base_model)
     placement = choose_placement(config.train.device, config.train.precision)
     examples = load_examples(config.data)
-    check_rows(config.train.method, [*examples[0], *(examples[1] or [])])
-    return RunInputs(resolve_model(config.base_model), placement, examples)
+    every = [*examples[0], *(examples[1] or [])]
+    check_rows(config.train.method, every)
+    reward = _reward(config)
+    if reward is not None:
+        reward.check([e.to_json() for e in every])
+    return RunInputs(resolve_model(config.base_model), placement, examples, reward)
+
+
+def _reward(config: RunConfig) -> Reward | None:
+    from specialize.train.rewards import build_reward
+
+    return None if config.reward is None else build_reward(config.reward, config.registry_url)
 
 
 def create_run(config: RunConfig, inputs: RunInputs) -> tuple[RunDir, PreparedData, Registry]:
@@ -172,7 +200,9 @@ def resume(run: str, registry_url: str | None = None, progress: bool = True) -> 
     if not (run_dir.train / RESULT_FILE).exists():
         last = latest_checkpoint(run_dir.train / "checkpoints")
         registry.delete_metrics_after(run_dir.id, "train", int(last.name.split("-")[-1]) if last else 0)
-    return _train_and_evaluate(config, run_dir, data, model_path, registry, progress, resume=True)
+    return _train_and_evaluate(
+        config, run_dir, data, model_path, registry, progress, resume=True, reward=_reward(config)
+    )
 
 
 def evaluate_run(
@@ -218,6 +248,11 @@ def evaluate_run(
         on_metrics=lambda system, values: registry.log_metrics(run_dir.id, stage, values, system=system),
         progress=progress,
         train_dir=run_dir.train,
+        # `best` scoring was chosen on the validation split; a test file is scored the same way, not re-chosen
+        scoring_choice=recorded_scoring(run_dir.eval / "report.json")
+        if config.eval.scoring == "best"
+        else None,
+        reward=_reward(config),
     )
     registry.add_artifact(run_dir.id, stage, report.report_path)
     return report
@@ -226,7 +261,8 @@ def evaluate_run(
 def compare_runs(runs: list[str], registry_url: str | None = None) -> list[dict[str, Any]]:
     """One row per run: what was fine-tuned on what, and each system's headline metric with its 95% interval.
 
-    Read from each run's `eval/report.json` and the registry; nothing is recomputed.
+    Read from each run's `eval/report.json` and the registry; nothing is recomputed, except that a report of an
+    older schema is re-rendered under today's definitions and says so in `note`.
 
     Args:
         runs: run ids in the registry, or paths of run directories.
@@ -234,7 +270,8 @@ def compare_runs(runs: list[str], registry_url: str | None = None) -> list[dict[
 
     Returns:
         Per run: run, base_model, method, train_examples, task, headline, systems ({system: value, low, high}),
-        fine_tuned_vs_best (the paired test, or None) and overfitting (flagged or not, None if unknown).
+        fine_tuned_vs_best (the paired test, or None), overfitting (flagged or not, None if unknown) and note
+        (how an older report was read, or None).
 
     Raises:
         RunNotFoundError: a run is not in the registry, or has not been evaluated.
@@ -247,7 +284,7 @@ def compare_runs(runs: list[str], registry_url: str | None = None) -> list[dict[
             raise RunNotFoundError(
                 f"run {run_dir.id} has not been evaluated yet; finish it with `specialize train --resume {run_dir.id}`"
             )
-        report = json.loads(path.read_text(encoding="utf-8"))
+        report = load_report(path)  # an older schema re-rendered, with a note
         significance = report["significance"]
         data = {m["name"]: m["value"] for m in registry.get_metrics(run_dir.id, "data")}
         t = config.train
@@ -270,6 +307,7 @@ def compare_runs(runs: list[str], registry_url: str | None = None) -> list[dict[
                 },
                 "fine_tuned_vs_best": significance.get("paired_test"),
                 "overfitting": (report.get("overfitting") or {}).get("flagged"),
+                "note": report.get("note"),
             }
         )
     return rows
@@ -284,11 +322,14 @@ def _train_and_evaluate(
     progress: bool,
     resume: bool,
     placement: Placement | None = None,
+    reward: Reward | None = None,
 ) -> RunResult:
     """The stages after the data stage, in order; a stage whose output is recorded is skipped on resume."""
     run_id = run_dir.id
     try:
-        trained = _train_stage(config, run_dir, data, model_path, registry, progress, resume, placement)
+        trained = _train_stage(
+            config, run_dir, data, model_path, registry, progress, resume, placement, reward
+        )
         report = evaluate(
             config.eval,
             model_path,
@@ -301,6 +342,7 @@ def _train_and_evaluate(
             on_metrics=lambda system, values: registry.log_metrics(run_id, "eval", values, system=system),
             progress=progress,
             train_dir=run_dir.train,
+            reward=reward,
         )
         html = write_html_report(run_dir.root, f"specialize run {run_id}")
         registry.add_artifact(run_id, "report", html)
@@ -322,6 +364,7 @@ def _train_stage(
     progress: bool,
     resume: bool,
     placement: Placement | None,
+    reward: Reward | None,
 ) -> TrainResult:
     finished = run_dir.train / RESULT_FILE
     if resume and finished.exists():
@@ -338,8 +381,11 @@ def _train_stage(
         progress=progress,
         resume=resume,
         placement=placement,
+        reward=reward,
     )
     registry.add_artifact(run_dir.id, "adapter" if trained.adapter else "model", trained.output_dir)
+    if (run_dir.train / SAMPLES_FILE).exists():
+        registry.add_artifact(run_dir.id, "samples", run_dir.train / SAMPLES_FILE)
     registry.log_metrics(
         run_dir.id,
         "train",
@@ -360,6 +406,14 @@ def write_model_card(
 
     comparison = comparison_text(json.loads(report.report_path.read_text(encoding="utf-8")), markdown=True)
     t = config.train
+    on_policy = t.method in ON_POLICY
+    # On-policy, the validation figure early stopping watches is minus the mean reward of greedy answers.
+    validation = "validation figure (minus the mean reward)" if on_policy else "validation loss"
+    samples = (
+        f"\n- samples, rewards and advantages of every step: `train/{SAMPLES_FILE}`" if on_policy else ""
+    )
+    if config.reward is not None:
+        samples += f"\n- reward: {config.reward.type} ({config.reward.model_dump_json(exclude={'type'})})"
     adapter = (
         f"{t.adapter} (rank {t.lora.rank}, alpha {t.lora.alpha:g})"
         if t.adapter
@@ -380,8 +434,8 @@ Fine-tuned by specialize from **{config.base_model}**.
 - epochs {t.epochs:g}, batch size {t.batch_size} x accumulation {t.gradient_accumulation}, learning rate \
 {t.learning_rate:g}, warm-up {t.warmup_ratio:g}, seed {config.seed}
 - {trained.steps} steps, {trained.train_tokens} tokens in {trained.seconds:.0f} s \
-({trained.tokens_per_second:.0f} tokens/s); final training loss {trained.final_train_loss:.4f}, validation loss \
-{trained.validation_loss:.4f}
+({trained.tokens_per_second:.0f} tokens/s); final training loss {trained.final_train_loss:.4f}, {validation} \
+{trained.validation_loss:.4f}{samples}
 
 ## Evaluation ({report.n_examples} validation examples)
 {comparison}

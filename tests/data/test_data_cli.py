@@ -121,7 +121,20 @@ def test_prepare_into_a_folder(run_config, tmp_path, capsys) -> None:
         "rejects.jsonl",
         "audit.json",
     }
-    assert "48 training, 12 validation, 0 rejected" in capsys.readouterr().out
+    assert "48 training, 12 validation, 0 rejected, 0 not sampled rows" in capsys.readouterr().out
+
+
+def test_rows_left_out_by_a_sample_are_counted_apart_from_rejected_rows(run_config, tmp_path, capsys) -> None:
+    out = tmp_path / "prepared"
+
+    code = main(
+        ["data", "prepare", str(run_config), "--out", str(out), "--set", "data.max_train_examples=30"]
+    )
+
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "30 training, 12 validation, 0 rejected, 18 not sampled rows" in printed
+    assert "0 rejected, 18 not sampled (" in printed, "the audit's summary line too"
 
 
 def test_prepare_creates_a_prepared_run_in_the_registry(run_config, tmp_path, capsys) -> None:

@@ -403,3 +403,34 @@ def test_openai_preference_rows_are_pairs(tmp_path):
     assert pair.messages[-1]["content"] == "Hello! How can I help?" and pair.rejected[0]["content"] == "What."
     [problem] = loaded.problems
     assert ":2:" in problem and "'input' must be an object with a 'messages' list" in problem
+
+
+def test_rated_answers_are_feedback_rows_for_kto(tmp_path):
+    path = _jsonl(
+        tmp_path / "feedback.jsonl",
+        [
+            {"prompt": "What is 2 + 2?", "completion": "4", "label": True},
+            {"messages": [{"role": "user", "content": "Hi"}], "completion": "Go away.", "label": False},
+            {"prompt": "Hi", "completion": "Hello!", "label": "maybe"},
+        ],
+    )
+    loaded = read_examples(path)
+    assert loaded.format == "feedback"
+    good, bad = loaded.examples
+    assert (good.kind, good.desirable, good.label) == ("feedback", True, None)
+    assert bad.to_json() == {
+        "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Go away."}],
+        "prompt": [{"role": "user", "content": "Hi"}],
+        "completion": [{"role": "assistant", "content": "Go away."}],
+        "desirable": False,  # not `label`, which names a classification's gold answer in prepared rows
+        "source": f"{path}:2",
+    }
+    assert loaded.problems == [
+        f"{path}:3: 'label' of a rated answer must be true (a good answer) or false (a bad one), got 'maybe' "
+        "(the file reads as feedback, detected from 2 of 3 rows; set data.format to choose; this row looks like "
+        "completion)"
+    ]
+    # A CSV cell says the rating as text; the format is named, since a text label could be a class.
+    table = _csv(tmp_path / "feedback.csv", ["prompt", "completion", "label"], [["Hi", "Hello!", "true"]])
+    [row] = read_data(table, format="feedback")
+    assert row.desirable is True

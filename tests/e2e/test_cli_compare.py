@@ -55,6 +55,19 @@ def test_compare_prints_every_run_in_every_format(config_factory, capsys):
     assert float(parsed[0]["fine_tuned_low"]) <= float(parsed[0]["fine_tuned_high"])
     assert parsed[0]["overfitting"] in ("yes", "no")
 
+    # a report written before today's schema is re-rendered, and says so, rather than mixed in silently
+    path = run_dir / "eval" / "report.json"
+    for key in ("schema", "gold", "scoring", "sample", "definitions"):
+        del report[key]
+    for metrics in report["systems"].values():  # the old estimate: every label of the set averaged
+        metrics["macro_f1"] = sum(v or 0.0 for v in metrics["per_class_f1"].values()) / len(report["labels"])
+    path.write_text(json.dumps(report), encoding="utf-8")
+    assert main(["compare", first, second, "--registry", url]) == 0
+    assert f"note: {first}: written by an earlier specialize (report schema 1" in capsys.readouterr().out
+    assert main(["compare", first, "--registry", url, "--format", "json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert "recomputed from its confusion matrices" in row["note"] and row["fine_tuned_vs_best"] is None
+
 
 def test_compare_of_an_unknown_run_is_a_one_line_error(run_config, capsys):
     url = load_config(run_config).registry_url

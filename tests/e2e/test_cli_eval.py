@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from conftest import classification_rows, write_jsonl
 
 from specialize.cli.main import main
@@ -31,7 +33,13 @@ def test_eval_on_a_new_file_is_recorded(run_config, tmp_path, capsys):
         "fine_tuned",
         "fine_tuned_rag",
     }
-    assert (config.runs_dir / run["id"] / "eval" / "heldout" / "report.json").exists()
+    heldout = json.loads(
+        (config.runs_dir / run["id"] / "eval" / "heldout" / "report.json").read_text("utf-8")
+    )
+    validation = json.loads((config.runs_dir / run["id"] / "eval" / "report.json").read_text("utf-8"))
+    # eval.scoring best was chosen on the validation split; the test file is scored the same way, not re-chosen
+    assert heldout["scoring"]["chosen"] == validation["scoring"]["chosen"]
+    assert heldout["scoring"]["how"] == "recorded: chosen on the run's validation split"
     assert registry.get_run(run["id"])["status"] == "completed"
 
 

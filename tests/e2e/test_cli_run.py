@@ -59,13 +59,17 @@ def test_run_exits_zero_and_prints_the_comparison(completed_run: CompletedRun) -
     assert completed_run.code == 0, completed_run.err
     assert f"run {completed_run.run_dir.id}: 8 validation examples, classification" in out
     table = out.splitlines()
-    (header,) = [line for line in table if line.startswith("system")]
+    header = next(line for line in table if line.startswith("system"))
     assert "accuracy" in header and "macro_f1" in header and "micro_f1" in header and "95% CI" in header
+    assert "scoring" in header and "labels averaged" in header
     for row_name in SYSTEM_ROWS:
-        pattern = re.escape(row_name) + r"(\s+\d\.\d{3}){5}\s+(\d\.\d{3})-(\d\.\d{3})\s*"
+        pattern = (
+            re.escape(row_name)
+            + r"\s+(raw|length|calibrated|pmi)(\s+\d\.\d{3}){4}\s+([1-3])\s+\d\.\d{3}\s+(\d\.\d{3})-(\d\.\d{3})\s*"
+        )
         (row,) = [line for line in table if re.fullmatch(pattern, line)]
-        values = row[len(row_name) :].replace("-", " ").split()
-        assert all(0 <= float(v) <= 1 for v in values)
+        values = row[len(row_name) :].replace("-", " ").split()[1:]
+        assert all(0 <= float(v) <= 1 for v in values if "." in v)
         assert float(values[-2]) <= float(values[-1]), "an interval runs from low to high"
     assert re.search(r"fine-tuned vs the best alternative, base, .*paired bootstrap p=\d\.\d{3}", out)
     assert re.search(r"(no sign of overfitting|may be overfitting): validation loss \d", out)

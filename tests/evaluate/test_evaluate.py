@@ -148,7 +148,9 @@ def test_multiple_choice_picks_the_most_likely_of_each_rows_choices(tiny_model_d
         write_jsonl(tmp_path / "validation.jsonl", _prepared(rows)),
     )
 
-    report = _report(_evaluate(tiny_model_dir, splits, tmp_path, labels=None, systems=["base_zero_shot"]))
+    report = _report(
+        _evaluate(tiny_model_dir, splits, tmp_path, labels=None, systems=["base_zero_shot"], scoring="raw")
+    )
 
     assert report["task"] == "multiple_choice" and report["headline"] == "accuracy"
     predictions = report["systems"]["base_zero_shot"]["predictions"]
@@ -209,3 +211,23 @@ def test_free_answers_report_how_often_no_label_is_named(tiny_model_dir, splits,
     assert len(metrics["free_answers"]) == 5
     assert metrics["invalid_answer_rate"] == 1.0 and metrics["free_accuracy"] == 0.0
     assert set(metrics["predictions"]) <= set(LABELS)
+
+
+def test_a_capped_evaluation_is_stratified_and_says_what_it_covers(tiny_model_dir, tmp_path):
+    rows = classification_rows(12, start=1000)  # four of each label
+    splits = (
+        write_jsonl(tmp_path / "train.jsonl", _prepared(classification_rows(6))),
+        write_jsonl(tmp_path / "validation.jsonl", _prepared(rows)),
+    )
+
+    report = _report(_evaluate(tiny_model_dir, splits, tmp_path, systems=["base_zero_shot"], max_examples=3))
+
+    assert report["sample"] == {
+        "method": "stratified by label",
+        "examples": 3,
+        "of": 12,
+        "labels_covered": 3,
+        "labels": 3,
+    }
+    assert sorted(report["gold"]) == sorted(LABELS), "three examples, one of each label"
+    assert report["n_examples"] == 3 and len(report["systems"]["base_zero_shot"]["predictions"]) == 3

@@ -75,3 +75,44 @@ def test_free_answers_count_as_a_label_only_when_they_name_one():
 
     got = free_answer_metrics(["a", "b", "c", "a"], ["A.", " b ", "it is c", "banana"], LABELS)
     assert got == {"invalid_answer_rate": 0.5, "free_accuracy": 0.5}
+
+
+def _collapse(gold: list[str], predicted: list[str], labels: list[str]) -> dict:
+    return classification_metrics(gold, predicted, labels)["collapse"]
+
+
+def test_one_label_for_every_answer_is_a_collapse():
+    labels = [f"clause {i}" for i in range(17)]
+    gold = [labels[i % 17] for i in range(170)]
+
+    flagged = _collapse(gold, ["clause 3"] * 168 + ["clause 1", "clause 2"], labels)
+
+    assert flagged["flagged"] and flagged["label"] == "clause 3"
+    assert flagged["predicted"] == 168 and flagged["gold_share"] == pytest.approx(1 / 17)
+    assert flagged["p_value"] < 1e-50
+    rng = random.Random(0)
+    good = [g if rng.random() < 0.8 else rng.choice(labels) for g in gold]
+    assert not _collapse(gold, good, labels)["flagged"]
+
+
+def test_a_handful_of_answers_or_a_mild_lean_towards_a_common_label_is_not_a_collapse():
+    # four examples, all answered "a": 100% against a gold share of 25%, but four answers are too few to tell
+    tiny = _collapse(["a", "b", "c", "d"], ["a"] * 4, ["a", "b", "c", "d"])
+    assert tiny["share"] == 1.0 and not tiny["flagged"]
+    # 73% of the gold answers are "other"; answering it 85% of the time is a significant but mild lean
+    gold = ["other"] * 730 + ["unfair"] * 270
+    predicted = ["other"] * 850 + ["unfair"] * 150
+    lean = _collapse(gold, predicted, ["other", "unfair"])
+    assert lean["p_value"] < 1e-10 and not lean["flagged"]
+    # answering "other" every time is a collapse even though "other" is the majority label
+    assert _collapse(gold, ["other"] * 1000, ["other", "unfair"])["flagged"]
+
+
+def test_a_label_never_asked_nor_answered_is_absent_from_every_average():
+    labels = ["a", "b", "c", "d"]
+    m = classification_metrics(["a", "b", "a"], ["a", "c", "a"], labels)
+
+    assert m["per_class_f1"] == {"a": 1.0, "b": 0.0, "c": 0.0, "d": None}
+    assert m["labels_averaged"] == 3 and m["macro_f1"] == pytest.approx(1 / 3)
+    assert m["predicted_counts"] == {"a": 2, "b": 0, "c": 1, "d": 0}
+    assert m["support"] == {"a": 2, "b": 1, "c": 0, "d": 0}

@@ -31,9 +31,9 @@ def _print_comparison(result: RunResult) -> None:
 
 def _print_report(title: str, report_path: Path, noun: str = "examples") -> None:
     """The system-by-metric table, the paired test and where the report is."""
-    from specialize.evaluate.report import comparison_text
+    from specialize.evaluate.report import comparison_text, load_report
 
-    report = json.loads(report_path.read_text(encoding="utf-8"))
+    report = load_report(report_path)
     print(f"\n{title}: {report['n_examples']} {noun}, {report['task']}")
     print(comparison_text(report))
     html = report_path.with_suffix(".html")
@@ -124,6 +124,9 @@ def compare(run_refs: list[str], registry_url: str | None, output: str) -> int:
             flat,
         )
     )
+    for row in rows:
+        if row.get("note"):
+            print(f"note: {row['run']}: {row['note']}")
     return 0
 
 
@@ -221,6 +224,7 @@ def data_check(
 
 def data_prepare(config_path: Path, overrides: list[str], out: Path | None) -> int:
     from specialize.config import load_config
+    from specialize.data.audit import left_out
     from specialize.pipeline import prepare_run
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -228,15 +232,18 @@ def data_prepare(config_path: Path, overrides: list[str], out: Path | None) -> i
     audit = json.loads(data.audit_path.read_text(encoding="utf-8"))
     print(_render_audit(audit))
     where = f"run {run_id}: " if run_id else ""
+    rejected, not_sampled = left_out(audit["rejected_by_kind"])
     print(
-        f"\n{where}{data.n_train} training, {data.n_validation} validation, {data.n_rejected} rejected rows in "
-        f"{data.directory}"
+        f"\n{where}{data.n_train} training, {data.n_validation} validation, {rejected} rejected, {not_sampled} not "
+        f"sampled rows in {data.directory}"
     )
     return 0
 
 
 def _render_audit(audit: dict[str, Any]) -> str:
     """The audit as a person reads it; `--json` gives the whole of it."""
+    from specialize.data.audit import left_out
+
     counts, tokens = audit["counts"], audit["tokens"]
     lines = []
     for split, info in audit["files"].items():
@@ -251,9 +258,10 @@ def _render_audit(audit: dict[str, Any]) -> str:
                 lines.append(
                     f"  note: {notes['count']} row(s) read with an adjustment, e.g. {notes['first'][0]}"
                 )
+    rejected, not_sampled = left_out(audit["rejected_by_kind"])
     lines.append(
         f"task: {audit['task']}; after cleaning {counts['train']} train, {counts['validation']} validation,"
-        f" {counts['rejected']} rejected ({audit['split']['method'] if audit['split'] else '-'})"
+        f" {rejected} rejected, {not_sampled} not sampled ({audit['split']['method'] if audit['split'] else '-'})"
     )
     if audit["rejected_by_kind"]:
         lines.append(

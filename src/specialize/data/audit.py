@@ -41,11 +41,14 @@ LISTED = 10
 
 
 def task_of(examples: list[Example]) -> str:
-    """classification (labels), preference (pairs), text (continued pre-training) or generation."""
+    """classification (labels), preference (pairs), feedback (rated answers), text (continued pre-training) or
+    generation."""
     if any(e.label is not None for e in examples):
         return "classification"
     if any(e.rejected is not None for e in examples):
         return "preference"
+    if any(e.desirable is not None for e in examples):
+        return "feedback"
     if examples and all(e.text is not None for e in examples):
         return "text"
     return "generation"
@@ -270,6 +273,17 @@ def build_audit(
         warnings.append(f"token counts are estimates: {counter.description}")
     report["warnings"] = warnings
     return report
+
+
+# Rows left out by a sample the config asked for (data.max_train_examples, data.max_per_label), not for anything
+# wrong with them: summaries count them apart from rows rejected for a reason.
+SAMPLED_OUT = ("not_sampled", "over_label_cap")
+
+
+def left_out(rejected_by_kind: dict[str, int]) -> tuple[int, int]:
+    """(rows rejected for a reason, rows not sampled), from an audit's `rejected_by_kind`."""
+    not_sampled = sum(n for kind, n in rejected_by_kind.items() if kind in SAMPLED_OUT)
+    return sum(rejected_by_kind.values()) - not_sampled, not_sampled
 
 
 def reject_warnings(rejected_by_kind: dict[str, int]) -> list[str]:

@@ -173,6 +173,7 @@ def _key(ex: Example) -> str:
     parts: list[Any] = [
         [(m["role"], normalise(m["content"])) for m in ex.messages + (ex.rejected or [])],
         ex.label,
+        ex.desirable,
     ]
     return json.dumps([normalise(ex.text), parts] if ex.text is not None else parts)
 

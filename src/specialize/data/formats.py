@@ -10,6 +10,9 @@ render (plus, for preference pairs, the rejected answer; for plain text, the tex
 - preference: `{"prompt"?, "chosen", "rejected"}`, each plain text or a list of messages; without `prompt`,
               chosen and rejected are whole conversations and their common beginning is the prompt. Anthropic
               HH transcripts (`\\n\\nHuman: ... \\n\\nAssistant:`) are split into their turns.
+- feedback:   `{"prompt" | "messages", "completion", "label": true | false}`: one answer rated good or bad (the
+              shape of thumbs-up / thumbs-down feedback, TRL's unpaired preference rows), for KTO. `prompt` is
+              text or a message list; `messages` is the conversation before the answer (ending with the user).
 - text:       `{"text"}`: plain text for continued pre-training, no template.
 
 A row that does not fit raises `RowError` with a message that names the key and the fix; the caller adds file
@@ -23,7 +26,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-FORMATS = ("chat", "sharegpt", "preference", "alpaca", "completion", "text")
+FORMATS = ("feedback", "chat", "sharegpt", "preference", "alpaca", "completion", "text")
 ROLES = ("system", "user", "assistant")
 # ShareGPT's names for the three speakers (OpenAI chat rows must use the three roles themselves).
 SHAREGPT_ROLES = {
@@ -38,6 +41,7 @@ SHAREGPT_ROLES = {
     "system": "system",
 }
 DESCRIBE = {
+    "feedback": "'prompt' (or 'messages'), 'completion' and a true/false 'label'",
     "chat": "'messages' (a list of {role, content})",
     "sharegpt": "'conversations' (a list of {from, value})",
     "preference": "'chosen' and 'rejected' (and usually 'prompt'), or OpenAI's 'input', 'preferred_output' and "
@@ -63,11 +67,14 @@ class Parsed:
     n_chosen: int = 0
     text: str | None = None
     notes: list[str] = field(default_factory=list)  # how the row was read when that was not literal
+    desirable: bool | None = None  # a rated answer's rating (feedback rows)
 
 
 def detect_format(row: dict[str, Any]) -> str | None:
     """The format a row's keys announce, or None; checked in FORMATS order, most specific first."""
     keys = set(row)
+    if "completion" in keys and isinstance(row.get("label"), bool) and keys & {"prompt", "messages"}:
+        return "feedback"
     if "messages" in keys:
         return "chat"
     if "conversations" in keys:
@@ -150,6 +157,43 @@ def _completion(row: dict[str, Any]) -> Parsed:
         {"role": "assistant", "content": _text(row, answer_key)},
     ]
     return Parsed(_with_system(row, messages, used), used)
+
+
+def _feedback(row: dict[str, Any]) -> Parsed:
+    if "completion" not in row:
+        raise RowError(
+            "missing 'completion'; a rated answer has 'prompt' (or 'messages'), 'completion' and 'label' true/false"
+        )
+    used = {"completion", "label"}
+    notes: list[str] = []
+    if row.get("messages") not in (None, ""):
+        used.add("messages")
+        prompt = _messages(row["messages"], "messages", "role", "content")
+    elif row.get("prompt") not in (None, ""):
+        used.add("prompt")
+        prompt = _prompt(row["prompt"], notes)
+    else:
+        raise RowError("missing 'prompt' (or 'messages'): the conversation the completion answers")
+    completion = _answer(row["completion"], "completion")
+    prompt = _with_system(row, prompt, used)
+    check_turns(prompt + completion, "prompt + completion")
+    return Parsed(
+        prompt + completion, used, n_chosen=len(completion), notes=notes, desirable=_rating(row.get("label"))
+    )
+
+
+def _rating(value: Any) -> bool:
+    """A feedback row's label: true (a good answer) or false; CSV cells say it as text, 1 or 0."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower() if isinstance(value, str | int) else None
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise RowError(
+        f"'label' of a rated answer must be true (a good answer) or false (a bad one), got {value!r}"
+    )
 
 
 def _plain_text(row: dict[str, Any]) -> Parsed:
@@ -358,6 +402,7 @@ def _with_system(row: dict[str, Any], messages: list[dict[str, str]], used: set[
 
 
 _PARSERS = {
+    "feedback": _feedback,
     "chat": _chat,
     "sharegpt": _sharegpt,
     "alpaca": _alpaca,

@@ -23,7 +23,7 @@ __all__ = ["ROLES", "Example", "Loaded", "read_chat_jsonl", "read_data", "read_e
 
 MAX_LISTED = 20
 # Keys a prepared row writes itself; a source column of the same name would be overwritten, so it is renamed.
-RESERVED = ("messages", "label", "source", "prompt", "chosen", "rejected", "text")
+RESERVED = ("messages", "label", "source", "prompt", "chosen", "rejected", "completion", "desirable", "text")
 
 
 @dataclass
@@ -32,7 +32,8 @@ class Example:
 
     A chat example has `messages`. A preference pair has `messages` = prompt + chosen answer (what supervised
     fine-tuning learns) and `rejected`, the other answer; the last `n_chosen` messages are the chosen answer. A
-    plain-text example (continued pre-training) has `text` and no messages.
+    rated answer (feedback, for KTO) has `messages` = prompt + answer, `n_chosen` answer messages and `desirable`,
+    its rating. A plain-text example (continued pre-training) has `text` and no messages.
     """
 
     messages: list[dict[str, str]]
@@ -45,10 +46,15 @@ class Example:
     text: str | None = None
     group: str | None = None
     format: str = "chat"  # the source format it was read from (formats.FORMATS)
+    desirable: bool | None = None  # a rated answer: good (True) or bad (False)
 
     @property
     def kind(self) -> str:
-        return "text" if self.text is not None else "preference" if self.rejected is not None else "chat"
+        if self.text is not None:
+            return "text"
+        if self.desirable is not None:
+            return "feedback"
+        return "preference" if self.rejected is not None else "chat"
 
     @property
     def where(self) -> str:
@@ -60,12 +66,17 @@ class Example:
         return self.messages[: len(self.messages) - max(self.n_chosen, 1)] if self.messages else []
 
     def to_json(self) -> dict[str, Any]:
-        """The row written to a prepared split; preference rows also carry TRL's prompt/chosen/rejected lists."""
+        """The row written to a prepared split; preference rows also carry TRL's prompt/chosen/rejected lists,
+        rated answers prompt/completion lists and `desirable` (not `label`, which names a classification's)."""
         row: dict[str, Any] = {"text": self.text} if self.text is not None else {"messages": self.messages}
         if self.rejected is not None:
             row["prompt"] = self.prompt
             row["chosen"] = self.messages[len(self.prompt) :]
             row["rejected"] = self.rejected
+        if self.desirable is not None:
+            row["prompt"] = self.prompt
+            row["completion"] = self.messages[len(self.prompt) :]
+            row["desirable"] = self.desirable
         if self.label is not None:
             row["label"] = self.label
         row.update(self.extra)  # extra keys never clash: RESERVED names were renamed when the row was read
@@ -237,7 +248,8 @@ def _example(
     group_field: str | None,
 ) -> tuple[Example, list[str]]:
     parsed = parse_row(fmt, row)
-    label = _label(row.get(label_field), label_field, labels)
+    # A rated answer's `label` is its rating, not a class.
+    label = None if parsed.desirable is not None else _label(row.get(label_field), label_field, labels)
     group = None
     if group_field is not None:
         value = row.get(group_field)
@@ -262,6 +274,7 @@ def _example(
         parsed.text,
         group,
         fmt,
+        parsed.desirable,
     )
     return example, parsed.notes
 

@@ -1,14 +1,21 @@
 """Evaluation: the fine-tuned model side by side with every cheaper alternative, on the same examples.
 
-Reads the prepared splits and the trained adapter of a run, writes `eval/report.json` (metrics and predictions of
-every system) and `eval/report.html` (plots). The systems: the base model zero-shot, few-shot (solved training
-examples, drawn at random or the most similar) and with retrieval (`base_rag`: the most similar training
-examples, or passages of `eval.rag_documents`), the fine-tuned model, and the fine-tuned model with the same
-retrieved context (`fine_tuned_rag`). Every system answers the same validation examples, so the comparison is
-paired. The base model is the fine-tuned model with its adapter switched off: one model in memory.
+Reads the prepared splits and the trained adapter of a run, writes `eval/report.json` (metrics, predictions and
+label scores of every system) which `report.py` renders as `eval/report.html`. The systems (`systems.SYSTEMS`):
+the base model zero-shot, few-shot (solved training examples, drawn at random or the most similar) and with
+retrieval (`base_rag`: the most similar training examples, or passages of `eval.rag_documents`), the fine-tuned
+model, and the fine-tuned model with the same retrieved context (`fine_tuned_rag`). Every system answers the same
+validation examples, so the comparison is paired. The base model is the fine-tuned model with its adapter
+switched off: one model in memory.
 
-Tasks: classification (a label per row; scored over the label set), multiple choice (a `choices` list per row,
-the answer being one of them; scored over that row's choices) and generation (greedy answers).
+Tasks (`systems.Task`): classification (a label per row; scored over the label set), multiple choice (a `choices`
+list per row, the answer being one of them; scored over that row's choices), generation (greedy answers),
+preference pairs and held-out text. Label scores are kept under every variant of `calibration.Scoring`; each
+system is reported under `eval.scoring` (`best`: its best variant on the validation split).
+
+With a `reward:` (the run's reward, `train.rewards`), every system's answers to the held-out prompts are also
+scored by it (`reward`, with its interval). A reward model's own run (`train.method: reward`) is evaluated on its
+pairs: its fine-tuned system ranks each pair by the reward head, the base systems by likelihood.
 """
 
 from __future__ import annotations
@@ -16,31 +23,37 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from specialize.config import EvalConfig
 from specialize.data import read_prepared
 from specialize.data.split import seeded_sample
 from specialize.errors import EvalError
-from specialize.evaluate.prompts import fitting_prompt
-from specialize.evaluate.retrieval import Retriever, document_passages, question_text
+from specialize.evaluate.answers import EVAL_BATCH, GENERATE_BATCH, gold_answer
+from specialize.evaluate.calibration import BEST, LabelScores, Scoring, choose, predictions
+from specialize.evaluate.prompts import SystemPrompts
+from specialize.evaluate.sampling import stratified_sample
+from specialize.evaluate.systems import SYSTEMS, Prompting, System, Task
 from specialize.runs import write_atomic
+
+if TYPE_CHECKING:
+    from specialize.train import Reward
 
 log = logging.getLogger(__name__)
 
-GENERATE_BATCH = 16  # answers decoded together; on a CPU, more rows per step stop paying beyond this
-EVAL_BATCH = 4  # prompts scored together; bounds the label-expanded cache to a few hundred MB
-# System -> (runs on the fine-tuned weights, context in its prompt).
-SYSTEMS: dict[str, tuple[bool, str | None]] = {
-    "base_zero_shot": (False, None),
-    "base_few_shot": (False, "few_shot"),
-    "base_rag": (False, "rag"),
-    "fine_tuned": (True, None),
-    "fine_tuned_rag": (True, "rag"),
+__all__ = ["EVAL_BATCH", "GENERATE_BATCH", "REPORT_SCHEMA", "EvalReport", "evaluate"]
+
+# report.json's layout and definitions. 2: macro averages over the labels present in the examples evaluated (1
+# averaged over the whole label set); gold answers, label scores and scoring variants kept.
+REPORT_SCHEMA = 2
+DEFINITIONS = {
+    "macro": "mean over the labels present in the gold answers or the predictions of the examples evaluated "
+    "(scikit-learn without labels=, zero_division=0); labels_averaged counts them",
+    "intervals": "95% percentile interval of the same statistic over bootstrap resamples of the examples, the same "
+    "resamples for every system, so that differences are paired",
 }
 
 
@@ -48,7 +61,7 @@ SYSTEMS: dict[str, tuple[bool, str | None]] = {
 class EvalReport:
     """Metrics of each evaluated system, the metric they are ranked by, and where the report was written."""
 
-    task: str
+    task: Task
     metrics: dict[str, dict[str, Any]]
     n_examples: int
     report_path: Path
@@ -67,8 +80,10 @@ def evaluate(
     on_metrics: Callable[[str, dict[str, float]], None] | None = None,
     progress: bool = True,
     train_dir: Path | None = None,
+    scoring_choice: Mapping[str, str] | None = None,
+    reward: Reward | None = None,
 ) -> EvalReport:
-    """Evaluate each configured system on the validation split.
+    """Evaluate each configured system on the validation split (or another file of examples).
 
     Args:
         config: the `eval:` section.
@@ -78,100 +93,107 @@ def evaluate(
         validation_file: the examples to evaluate on.
         out_dir: the run's `eval/` directory.
         labels: the label set of a classification task, None otherwise.
-        seed: seeds the sample of examples and the random few-shot draw.
+        seed: seeds the sample of examples, the random few-shot draw and the bootstrap.
         on_metrics: called with (system, headline metrics) as each system finishes.
         progress: show a progress bar.
         train_dir: the run's `train/` directory; its losses tell whether the model overfitted.
+        scoring_choice: each system's scoring variant as chosen on the run's validation split (see
+            `report.recorded_scoring`); with `eval.scoring: best` a test file is scored with it rather than
+            choosing again on the test examples. None: choose on these examples (they are the validation split).
+        reward: scores every system's answers to the held-out prompts (`reward` in each system's metrics).
 
     Returns:
         The metrics of every system.
     """
-    from specialize.evaluate.metrics import per_example_scores
     from specialize.evaluate.overfitting import overfitting
     from specialize.evaluate.significance import compare_systems, perplexity_intervals
-    from specialize.models import load_model
 
-    systems = list(config.systems)
-    tuned_systems = [s for s in systems if SYSTEMS[s][0]]
+    systems = [SYSTEMS[name] for name in config.systems]
+    tuned_systems = [s.name for s in systems if s.fine_tuned]
     if tuned_systems and adapter_path is None:
         raise EvalError(
             f"eval.systems lists {', '.join(tuned_systems)} but the run has no trained model; train it first"
         )
     rows = read_prepared(validation_file)
-    if config.max_examples is not None:
-        rows = seeded_sample(rows, config.max_examples, seed)
+    if rows and all("desirable" in r for r in rows):
+        # Rated answers (KTO's feedback rows): the good ones are references to answer like; the bad are not.
+        rows = [r for r in rows if r["desirable"]] or rows
     task = _task(rows, labels, validation_file)
-    shots = read_prepared(train_file)
-    model, tokenizer = load_model(model_path)
-    tuned = None
-    if adapter_path is not None and (adapter_path / "adapter_config.json").exists():
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter_path)
-    elif adapter_path is not None:
-        tuned = load_model(adapter_path)[0].eval()
-    model.eval()
-    context = getattr(model.config, "max_position_embeddings", 2048)
-    prompts = _SystemPrompts(config, tokenizer, rows, shots, context, seed)
+    available = len(rows)
+    if config.max_examples is not None and task == Task.CLASSIFICATION:
+        rows = stratified_sample(rows, [r.get("label") for r in rows], config.max_examples, seed)
+    elif config.max_examples is not None:
+        rows = seeded_sample(rows, config.max_examples, seed)
+    runner = _Runner(
+        config,
+        model_path,
+        adapter_path,
+        train_file,
+        rows,
+        task,
+        labels,
+        seed,
+        progress,
+        scoring_choice,
+        reward,
+    )
     results: dict[str, dict[str, Any]] = {}
     done: dict[tuple[bool, tuple[str, ...]], str] = {}
     for system in systems:
-        on_tuned, kind = SYSTEMS[system]
-        if task == "text":
-            if kind is not None:
+        if task == Task.TEXT:
+            if system.prompting != Prompting.ZERO_SHOT:
                 log.info(
-                    "%s skipped: held-out text has no question to put examples or passages before", system
+                    "%s skipped: held-out text has no question to put examples or passages before",
+                    system.name,
                 )
                 continue
-            use = tuned if on_tuned and tuned is not None else model
-            with (
-                model.disable_adapter()
-                if not on_tuned and hasattr(model, "disable_adapter")
-                else contextlib.nullcontext()
-            ):
-                results[system] = _perplexity(use, tokenizer, rows, context, progress)
+            results[system.name] = runner.perplexity(system)
             if on_metrics:
-                on_metrics(system, {"perplexity": results[system]["perplexity"]})
+                on_metrics(system.name, {"perplexity": results[system.name]["perplexity"]})
             continue
-        system_prompts, sources = prompts.for_context(kind)
-        same = done.get((on_tuned, tuple(system_prompts)))
+        if runner.ranker is not None and system.fine_tuned and system.prompting != Prompting.ZERO_SHOT:
+            log.info(
+                "%s skipped: a reward model scores prompt and answer, with no context before them",
+                system.name,
+            )
+            continue
+        prompts, sources = runner.prompts.for_context(system.prompting)
+        same = done.get((system.fine_tuned, tuple(prompts)))
         if same is not None:  # e.g. similarity few-shot and RAG over training examples: identical prompts
-            log.info("%s sees the same prompts as %s; its answers are reused", system, same)
-            results[system] = dict(results[same])
+            log.info("%s sees the same prompts as %s; its answers are reused", system.name, same)
+            results[system.name] = dict(results[same])
+            runner.reuse(system.name, same)
         else:
-            use = tuned if on_tuned and tuned is not None else model
-            # PEFT injects the adapter into the base modules in place: base systems run on the same model with
-            # the adapter switched off, never on a second reference to the "base" object.
-            switch_off = not on_tuned and hasattr(model, "disable_adapter")
-            with model.disable_adapter() if switch_off else contextlib.nullcontext():
-                results[system] = _run_system(
-                    system, use, tokenizer, rows, system_prompts, task, labels, progress
-                )
-                if config.free_answers and task == "classification" and labels:
-                    results[system].update(_free_answers(use, tokenizer, rows, system_prompts, labels))
-            done[(on_tuned, tuple(system_prompts))] = system
-        if kind is not None:
-            results[system]["context"] = sources
-        headline = {m: v for m, v in results[system].items() if isinstance(v, float)}
-        log.info("%s: %s", system, ", ".join(f"{m}={v:.3f}" for m, v in headline.items()))
+            results[system.name] = runner.answer(system, prompts)
+            done[(system.fine_tuned, tuple(prompts))] = system.name
+        if system.prompting != Prompting.ZERO_SHOT:
+            results[system.name]["context"] = sources
+        headline = {m: v for m, v in results[system.name].items() if isinstance(v, float)}
+        log.info("%s: %s", system.name, ", ".join(f"{m}={v:.3f}" for m, v in headline.items()))
         if on_metrics:
-            on_metrics(system, headline)
+            on_metrics(system.name, headline)
     out_dir.mkdir(parents=True, exist_ok=True)
     name = _headline(task, results)
-    gold = [_gold(row, task) for row in rows] if task != "text" else []
-    if task == "text":
+    gold = [gold_answer(row, task) for row in rows] if task != Task.TEXT else []
+    if task == Task.TEXT:
         significance = perplexity_intervals({s: m.pop("per_document") for s, m in results.items()}, seed)
-    elif task == "classification":
+    elif task == Task.CLASSIFICATION:
         significance = compare_systems(gold, {s: m["predictions"] for s, m in results.items()}, labels, seed)
     else:
-        scores = {s: per_example_scores(task, name, gold, m["predictions"]) for s, m in results.items()}
-        significance = compare_systems(None, scores, None, seed)
+        significance = compare_systems(
+            None, {s: _per_example(task, name, gold, m) for s, m in results.items()}, None, seed
+        )
     report = {
-        "task": task,
+        "schema": REPORT_SCHEMA,
+        "task": str(task),
         "headline": name,
-        "labels": labels if task == "classification" else None,
+        "labels": labels if task == Task.CLASSIFICATION else None,
         "n_examples": len(rows),
+        "sample": _sample(rows, available, config.max_examples, task, labels),
+        "definitions": DEFINITIONS,
+        "gold": gold if task.scores_labels else None,
         "systems": results,
+        "scoring": runner.scoring_section(gold) if task.scores_labels else None,
         "significance": significance,
         "overfitting": overfitting(train_dir) if train_dir is not None else None,
     }
@@ -180,8 +202,202 @@ def evaluate(
     return EvalReport(task, results, len(rows), path, name)
 
 
-def _task(rows: list[dict[str, Any]], labels: list[str] | None, source: Path) -> str:
-    """classification, multiple_choice or generation, from the label set and the rows' shape."""
+class _Runner:
+    """The loaded model and the prompts, and every system's label scores under each scoring variant."""
+
+    def __init__(
+        self,
+        config: EvalConfig,
+        model_path: Path,
+        adapter_path: Path | None,
+        train_file: Path,
+        rows: list[dict[str, Any]],
+        task: Task,
+        labels: list[str] | None,
+        seed: int,
+        progress: bool,
+        fixed: Mapping[str, str] | None,
+        reward: Reward | None = None,
+    ) -> None:
+        from specialize.models import load_model
+        from specialize.train.reward_model import is_reward_model, load_reward_model
+
+        model, self.tokenizer = load_model(model_path)
+        self.tuned = None
+        self.reward = reward
+        self.ranker: Any = None  # a reward model's run: the fine-tuned system ranks pairs by its head
+        if adapter_path is not None and is_reward_model(adapter_path):
+            if task != Task.PREFERENCE:
+                raise EvalError(
+                    f"{adapter_path} is a reward model, which ranks preference pairs; evaluate it on pairs"
+                )
+            self.ranker = load_reward_model(model_path, adapter_path)[0]
+        elif adapter_path is not None and (adapter_path / "adapter_config.json").exists():
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapter_path)
+        elif adapter_path is not None:
+            self.tuned = load_model(adapter_path)[0].eval()
+        self.model = model.eval()
+        self.context = getattr(model.config, "max_position_embeddings", 2048)
+        self.config, self.rows, self.task, self.labels, self.seed = config, rows, task, labels, seed
+        self.progress = progress
+        self.prompts = SystemPrompts(
+            config, self.tokenizer, rows, read_prepared(train_file), self.context, seed
+        )
+        self.fixed = fixed  # scoring variants recorded for the run, if a test file is scored
+        self.scores: dict[str, list[LabelScores]] = {}
+        self.chosen: dict[str, Scoring] = {}
+        self.variants: dict[str, dict[Scoring, dict[str, Any]]] = {}
+
+    @contextlib.contextmanager
+    def weights(self, system: System) -> Any:
+        """The model a system runs on. PEFT injects the adapter into the base modules in place: base systems run
+        on the same model with the adapter switched off, never on a second reference to the "base" object."""
+        if system.fine_tuned:
+            yield self.tuned if self.tuned is not None else self.model
+        elif hasattr(self.model, "disable_adapter"):
+            with self.model.disable_adapter():
+                yield self.model
+        else:
+            yield self.model
+
+    def perplexity(self, system: System) -> dict[str, Any]:
+        from specialize.evaluate.answers import perplexity
+
+        with self.weights(system) as model:
+            return perplexity(model, self.tokenizer, self.rows, self.context, self.progress)
+
+    def answer(self, system: System, prompts: list[str]) -> dict[str, Any]:
+        from tqdm.auto import tqdm
+
+        from specialize.evaluate.answers import answer_freely, free_answers, rewarded, score_label_sets
+
+        bar = tqdm(
+            total=len(prompts), desc=system.name, unit="ex", disable=not self.progress, dynamic_ncols=True
+        )
+        if system.fine_tuned and self.ranker is not None:
+            from specialize.train.reward_model import rank_pairs
+
+            ranked = rank_pairs(self.ranker, self.tokenizer, self.rows)
+            bar.close()
+            predictions = ["chosen" if right else "rejected" for right in ranked]
+            return {"preference_accuracy": sum(ranked) / len(ranked), "predictions": predictions}
+        with self.weights(system) as model:
+            if self.task.scores_labels:
+                question_free = self.prompts.question_free(system.prompting)
+                self.scores[system.name] = score_label_sets(
+                    model, self.tokenizer, self.rows, prompts, question_free, self.labels, bar.update
+                )
+                result = self._variants(system.name)
+            else:
+                result = answer_freely(model, self.tokenizer, self.rows, prompts, self.task, bar.update)
+            if self.config.free_answers and self.task == Task.CLASSIFICATION and self.labels:
+                result.update(free_answers(model, self.tokenizer, self.rows, prompts, self.labels))
+            if self.reward is not None:
+                result.update(
+                    rewarded(model, self.tokenizer, self.rows, prompts, self.task, result, self.reward)
+                )
+        bar.close()
+        if "rewards" in result:
+            from specialize.evaluate.significance import interval, resampled_scores
+
+            result["reward_interval"] = interval(resampled_scores(None, result["rewards"], None, self.seed))
+        return result
+
+    def reuse(self, system: str, same: str) -> None:
+        if same in self.scores:
+            self.scores[system] = self.scores[same]
+            self.variants[system], self.chosen[system] = self.variants[same], self.chosen[same]
+
+    def _variants(self, system: str) -> dict[str, Any]:
+        """Metrics under every variant, and the system's result under the one it is reported with."""
+        gold = [gold_answer(row, self.task) for row in self.rows]
+        by_variant = {}
+        for variant in Scoring:
+            predicted = predictions(self.scores[system], len(self.rows), variant)
+            by_variant[variant] = {**self._metrics(gold, predicted), "predictions": predicted}
+        self.variants[system] = by_variant
+        metric = "macro_f1" if self.task == Task.CLASSIFICATION else "accuracy"
+        if self.config.scoring != BEST:
+            chosen = Scoring(self.config.scoring)
+        elif self.fixed is not None:
+            chosen = Scoring(self.fixed.get(system, Scoring.RAW))
+        else:
+            chosen = choose({v: m[metric] for v, m in by_variant.items()})
+        self.chosen[system] = chosen
+        log.info(
+            "%s scored %s (%s)",
+            system,
+            chosen,
+            ", ".join(f"{v} {m[metric]:.3f}" for v, m in by_variant.items()),
+        )
+        return {**by_variant[chosen], "scoring": str(chosen)}
+
+    def _metrics(self, gold: list[str], predicted: list[str]) -> dict[str, Any]:
+        from specialize.evaluate.metrics import classification_metrics
+
+        if self.task == Task.CLASSIFICATION and self.labels:
+            return classification_metrics(gold, predicted, self.labels)
+        return {"accuracy": sum(g == p for g, p in zip(gold, predicted, strict=True)) / len(gold)}
+
+    def scoring_section(self, gold: list[str]) -> dict[str, Any]:
+        """`report.json`'s `scoring`: what was asked, what each system got, every variant with its interval (the
+        same bootstrap resamples as the headline table), and the label scores they all come from."""
+        from specialize.evaluate.significance import interval, resampled_scores
+
+        if self.config.scoring != BEST:
+            how = f"fixed by eval.scoring: {self.config.scoring}"
+        elif self.fixed is not None:
+            how = "recorded: chosen on the run's validation split"
+        else:
+            how = "chosen on this validation split"
+        variants: dict[str, dict[str, Any]] = {}
+        for system, by_variant in self.variants.items():
+            variants[system] = {}
+            for variant, m in by_variant.items():
+                if self.task == Task.CLASSIFICATION:
+                    value, scores = (
+                        m["macro_f1"],
+                        resampled_scores(gold, m["predictions"], self.labels, self.seed),
+                    )
+                    extra = {"labels_averaged": m["labels_averaged"], "collapse": m["collapse"]}
+                else:
+                    correct = [float(g == p) for g, p in zip(gold, m["predictions"], strict=True)]
+                    value, scores, extra = m["accuracy"], resampled_scores(None, correct, None, self.seed), {}
+                variants[system][str(variant)] = {"value": value, "interval": interval(scores), **extra}
+        return {
+            "requested": self.config.scoring,
+            "chosen": {s: str(v) for s, v in self.chosen.items()},
+            "how": how,
+            "variants": variants,
+            "label_scores": {s: [g.to_json() for g in groups] for s, groups in self.scores.items()},
+        }
+
+
+def _per_example(task: Task, headline: str, gold: list[str], metrics: dict[str, Any]) -> list[float]:
+    from specialize.evaluate.metrics import per_example_scores
+
+    return per_example_scores(task, headline, gold, metrics["predictions"])
+
+
+def _sample(
+    rows: list[dict[str, Any]], available: int, cap: int | None, task: Task, labels: list[str] | None
+) -> dict[str, Any]:
+    """Which examples were evaluated: all, or a sample (stratified by label for classification), and for
+    classification how many labels of the set they cover."""
+    method = "all" if cap is None or cap >= available else "stratified by label"
+    if method != "all" and task != Task.CLASSIFICATION:
+        method = "seeded random"
+    out: dict[str, Any] = {"method": method, "examples": len(rows), "of": available}
+    if task == Task.CLASSIFICATION and labels:
+        out["labels_covered"] = len({r["label"] for r in rows} & set(labels))
+        out["labels"] = len(labels)
+    return out
+
+
+def _task(rows: list[dict[str, Any]], labels: list[str] | None, source: Path) -> Task:
+    """The task, from the label set and the rows' shape."""
     with_choices = [r for r in rows if "choices" in r]
     if with_choices and len(with_choices) < len(rows):
         without = next(r for r in rows if "choices" not in r)
@@ -190,7 +406,7 @@ def _task(rows: list[dict[str, Any]], labels: list[str] | None, source: Path) ->
             "give every multiple-choice row its choices, or none"
         )
     for row in with_choices:
-        choices, gold = row["choices"], _gold(row, "multiple_choice")
+        choices, gold = row["choices"], gold_answer(row, Task.MULTIPLE_CHOICE)
         if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
             raise EvalError(f"{row.get('source', source)}: 'choices' must be a list of at least two strings")
         if gold not in choices:
@@ -199,197 +415,27 @@ def _task(rows: list[dict[str, Any]], labels: list[str] | None, source: Path) ->
                 "assistant answer (or label) exactly one of the choices"
             )
     if all("messages" not in r for r in rows):
-        return "text"
+        return Task.TEXT
     if any("messages" not in r for r in rows):
         raise EvalError(
             f"{source}: plain-text rows mixed with chat rows; evaluate each kind from its own file"
         )
     if all("rejected" in r for r in rows):
-        return "preference"
-    return "multiple_choice" if with_choices else "classification" if labels else "generation"
+        return Task.PREFERENCE
+    if with_choices:
+        return Task.MULTIPLE_CHOICE
+    return Task.CLASSIFICATION if labels else Task.GENERATION
 
 
-def _gold(row: dict[str, Any], task: str) -> str:
-    if task == "preference":
-        return "chosen"
-    if task == "classification" or (task == "multiple_choice" and row.get("label") is not None):
-        return str(row["label"])
-    return str(row["messages"][-1]["content"])
-
-
-def _headline(task: str, results: dict[str, dict[str, Any]]) -> str:
+def _headline(task: Task, results: dict[str, dict[str, Any]]) -> str:
     """The metric systems are ranked by: macro-F1 (every label counts), accuracy over choices, and for
     generation the final number when every reference has one (math), else exact match."""
-    if task == "classification":
+    if task == Task.CLASSIFICATION:
         return "macro_f1"
-    if task == "multiple_choice":
+    if task == Task.MULTIPLE_CHOICE:
         return "accuracy"
-    if task == "preference":
+    if task == Task.PREFERENCE:
         return "preference_accuracy"
-    if task == "text":
+    if task == Task.TEXT:
         return "perplexity"
     return "numeric_match" if all("numeric_match" in m for m in results.values()) else "exact_match"
-
-
-class _SystemPrompts:
-    """The prompts of each kind of context, built once and shared by the systems that use them.
-
-    Alongside each prompt: where its context came from (the `source` of each training example, or `file#n` of
-    each passage), so a report shows what a retrieval system was given and that it never saw the question.
-    """
-
-    def __init__(
-        self,
-        config: EvalConfig,
-        tokenizer: Any,
-        rows: list[dict[str, Any]],
-        shots: list[dict[str, Any]],
-        context: int,
-        seed: int,
-    ) -> None:
-        self.config, self.tokenizer, self.rows, self.shots = config, tokenizer, rows, shots
-        self.context, self.seed = context, seed
-        self._built: dict[str | None, tuple[list[str], list[list[str]]]] = {}
-
-    def for_context(self, kind: str | None) -> tuple[list[str], list[list[str]]]:
-        if kind not in self._built:
-            self._built[kind] = self._build(kind)
-        return self._built[kind]
-
-    def _build(self, kind: str | None) -> tuple[list[str], list[list[str]]]:
-        config = self.config
-        documents = config.rag_documents if kind == "rag" else None
-        passages = documents is not None
-        if kind is None:
-            chosen: list[list[Any]] = [[] for _ in self.rows]
-        elif kind == "few_shot" and config.few_shot_selection == "random":
-            # One seeded draw serves every question (the usual k-shot protocol); identical demonstrations also
-            # make the prompts share a long prefix that is computed once.
-            drawn = random.Random(self.seed).sample(self.shots, min(config.few_shot_k, len(self.shots)))
-            chosen = [drawn for _ in self.rows]
-        else:
-            pool: list[Any] = document_passages(documents) if documents is not None else self.shots
-            index = Retriever([p.text for p in pool] if passages else [question_text(s) for s in pool])
-            k = config.few_shot_k if kind == "few_shot" else config.rag_k
-            # Least similar first: the most similar item sits next to the question and is the last to be cut.
-            chosen = [[pool[i] for i in reversed(index.search(question_text(row), k))] for row in self.rows]
-        prompts, sources = [], []
-        for row, items in zip(self.rows, chosen, strict=True):
-            prompt, used = fitting_prompt(self.tokenizer, row, items, self.context, passages=passages)
-            prompts.append(prompt)
-            sources.append([item.source if passages else str(item.get("source", "")) for item in used])
-        return prompts, sources
-
-
-def _perplexity(
-    model: Any, tokenizer: Any, rows: list[dict[str, Any]], context: int, progress: bool
-) -> dict[str, Any]:
-    """Perplexity on held-out documents (continued pre-training): exp of the mean token cross-entropy.
-
-    A document longer than the context is scored in consecutive windows of the context length.
-    """
-    import math
-
-    import torch
-    import torch.nn.functional as F
-    from tqdm.auto import tqdm
-
-    from specialize.data import encode_text
-
-    per_document = []
-    for row in tqdm(rows, desc="perplexity", unit="doc", disable=not progress, dynamic_ncols=True):
-        ids = encode_text(tokenizer, row["text"]).input_ids
-        total = 0.0
-        for start in range(0, len(ids) - 1, context):
-            window = torch.tensor([ids[start : start + context + 1]])
-            with torch.no_grad():
-                logits = model(input_ids=window[:, :-1]).logits[0].float()
-            total += F.cross_entropy(logits, window[0, 1:], reduction="sum").item()
-        per_document.append((total, len(ids) - 1))
-    loss = sum(t for t, _ in per_document) / max(sum(n for _, n in per_document), 1)
-    return {
-        "perplexity": math.exp(loss),
-        "loss": loss,
-        "tokens": sum(n for _, n in per_document),
-        "per_document": per_document,
-    }
-
-
-def _free_answers(
-    model: Any, tokenizer: Any, rows: list[dict[str, Any]], prompts: list[str], labels: list[str]
-) -> dict[str, Any]:
-    """Answers decoded freely (greedy, batched) next to the label-scored ones, and how many name no label."""
-    from specialize.evaluate.metrics import free_answer_metrics
-    from specialize.models.generation import generate_batch
-
-    budget = max(len(tokenizer(label)["input_ids"]) for label in labels) + 4
-    answers = generate_batch(model, tokenizer, prompts, budget, batch_size=GENERATE_BATCH)
-    return {**free_answer_metrics([r["label"] for r in rows], answers, labels), "free_answers": answers}
-
-
-def _run_system(
-    system: str,
-    model: Any,
-    tokenizer: Any,
-    rows: list[dict[str, Any]],
-    prompts: list[str],
-    task: str,
-    labels: list[str] | None,
-    progress: bool,
-) -> dict[str, Any]:
-    from tqdm.auto import tqdm
-
-    from specialize.evaluate.metrics import classification_metrics, generation_metrics
-    from specialize.evaluate.scoring import (
-        SharedPrefix,
-        answer_loss,
-        label_token_ids,
-        pick_labels,
-        score_labels,
-    )
-    from specialize.models.generation import generate_batch
-
-    predictions: list[str] = []
-    loss_sum, n_tokens = 0.0, 0
-    bar = tqdm(total=len(rows), desc=system, unit="ex", disable=not progress, dynamic_ncols=True)
-    if task == "classification" and labels:
-        predictions = pick_labels(model, tokenizer, prompts, labels, EVAL_BATCH, progress=bar.update)
-    elif task == "multiple_choice":  # each row has its own choices, so each is scored alone after the prefix
-        encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        prefix = SharedPrefix(model, encoded)
-        for row, ids in zip(rows, encoded, strict=True):
-            choices = row["choices"]
-            [scores] = score_labels(
-                model, prefix, [ids], label_token_ids(tokenizer, choices), tokenizer.pad_token_id
-            )
-            predictions.append(choices[max(range(len(choices)), key=scores.__getitem__)])
-            bar.update(1)
-    elif task == "preference":
-        # Which answer of the pair does the system find more likely after its prompt, the one people preferred?
-        # Per token, so that a short answer does not win on length alone (summed log-likelihoods favour it).
-        for row, prompt in zip(rows, prompts, strict=True):
-            chosen, n_chosen = answer_loss(model, tokenizer, prompt, row["chosen"][-1]["content"])
-            rejected, n_rejected = answer_loss(model, tokenizer, prompt, row["rejected"][-1]["content"])
-            predictions.append("chosen" if chosen / n_chosen < rejected / n_rejected else "rejected")
-            bar.update(1)
-    else:
-        references = [row["messages"][-1]["content"] for row in rows]
-        budgets = [min(512, len(tokenizer(r)["input_ids"]) * 2 + 16) for r in references]
-        predictions = generate_batch(
-            model, tokenizer, prompts, budgets, batch_size=GENERATE_BATCH, progress=bar.update
-        )
-        for prompt, reference in zip(prompts, references, strict=True):
-            loss, n = answer_loss(model, tokenizer, prompt, reference)
-            loss_sum, n_tokens = loss_sum + loss, n_tokens + n
-    bar.close()
-    gold = [_gold(row, task) for row in rows]
-    if task == "classification" and labels:
-        metrics = classification_metrics(gold, predictions, labels)
-    elif task == "multiple_choice":
-        metrics = {"accuracy": sum(g == p for g, p in zip(gold, predictions, strict=True)) / len(rows)}
-    elif task == "preference":
-        metrics = {"preference_accuracy": predictions.count("chosen") / len(rows)}
-    else:
-        metrics = generation_metrics(gold, predictions, loss_sum, n_tokens)
-    metrics["predictions"] = predictions
-    return metrics

@@ -9,33 +9,121 @@ import math
 import re
 from typing import Any
 
+import numpy as np
+
 # A number as people write answers: optional sign, thousands separators, decimals ("-1,250.50").
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+COLLAPSE_MARGIN = 0.25  # see `collapse`
+COLLAPSE_ALPHA = 0.01
+
+
+def label_codes(labels: list[str], *answers: list[str]) -> tuple[list[str], list[np.ndarray]]:
+    """Each answer as an index into the label set; answers outside it (a test file's unseen label) get codes of
+    their own after the set, so they count as labels of their own, as scikit-learn counts them."""
+    extra = sorted({a for values in answers for a in values} - set(labels))
+    vocabulary = [*labels, *extra]
+    code = {label: i for i, label in enumerate(vocabulary)}
+    return vocabulary, [np.array([code[a] for a in values], dtype=np.int64) for values in answers]
+
+
+def averaged(gold: np.ndarray, predicted: np.ndarray, n_labels: int) -> dict[str, np.ndarray]:
+    """Macro precision, recall and F1, and how many labels each averages, for every row of `gold`/`predicted`.
+
+    THE definition of every averaged classification metric in a report, used alike for the estimate (one row: the
+    examples evaluated), each bootstrap resample (one row per resample) and the paired test: the mean over the
+    labels present in that row's gold answers or predictions, as scikit-learn computes without `labels=`
+    (`zero_division=0`). A label absent from both says nothing about the system and is left out; counting it as
+    0 would make the score depend on how many labels the sample happens to miss.
+
+    Args:
+        gold: label codes, shape (rows, examples).
+        predicted: label codes, same shape.
+        n_labels: codes run from 0 to n_labels - 1.
+    """
+    rows = gold.shape[0]
+    offset = (np.arange(rows) * n_labels)[:, None]
+
+    def counts(codes: np.ndarray) -> np.ndarray:
+        return np.bincount(codes.ravel(), minlength=rows * n_labels).reshape(rows, n_labels)
+
+    gold_n, pred_n = counts(gold + offset), counts(predicted + offset)
+    hits = gold == predicted
+    tp = np.bincount((gold + offset)[hits], minlength=rows * n_labels).reshape(rows, n_labels)
+    present = gold_n + pred_n > 0
+    n_present = present.sum(1)
+    divide = np.maximum(n_present, 1)
+    precision = np.where(pred_n > 0, tp / np.maximum(pred_n, 1), 0.0)
+    recall = np.where(gold_n > 0, tp / np.maximum(gold_n, 1), 0.0)
+    f1 = 2 * tp / np.maximum(gold_n + pred_n, 1)
+    return {
+        "macro_precision": precision.sum(1) / divide,
+        "macro_recall": recall.sum(1) / divide,
+        "macro_f1": f1.sum(1) / divide,
+        "labels_averaged": n_present,
+    }
 
 
 def classification_metrics(gold: list[str], predicted: list[str], labels: list[str]) -> dict[str, Any]:
-    """Accuracy, macro and micro precision/recall/F1, per-class F1 and the confusion matrix (rows gold).
+    """Accuracy, macro and micro averages, per-class F1, the confusion matrix (rows gold) and both label counts.
 
-    Macro averages weigh every label equally, so a rare label counts as much as a common one; micro averages
-    weigh every example equally and, with one label per example, equal accuracy.
+    Macro averages weigh every label equally, so a rare label counts as much as a common one; they follow
+    `averaged` (over the labels present in the gold answers or predictions: `labels_averaged` of them). A label
+    of the set absent from both has per-class F1 None, shown as absent rather than 0. Micro averages weigh every
+    example equally and, with one label per example, equal accuracy.
     """
-    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+    from sklearn.metrics import confusion_matrix
 
-    out: dict[str, Any] = {"accuracy": float(accuracy_score(gold, predicted))}
-    for average in ("macro", "micro"):
-        p, r, f, _ = precision_recall_fscore_support(
-            gold, predicted, labels=labels, average=average, zero_division=0
-        )
-        out.update(
-            {f"{average}_precision": float(p), f"{average}_recall": float(r), f"{average}_f1": float(f)}
-        )
-    _, _, per_class, support = precision_recall_fscore_support(
-        gold, predicted, labels=labels, average=None, zero_division=0
-    )
-    out["per_class_f1"] = {label: float(v) for label, v in zip(labels, per_class, strict=True)}
-    out["support"] = {label: int(v) for label, v in zip(labels, support, strict=True)}
-    out["confusion_matrix"] = confusion_matrix(gold, predicted, labels=labels).tolist()
+    vocabulary, (g, p) = label_codes(labels, gold, predicted)
+    macro = averaged(g[None], p[None], len(vocabulary))
+    accuracy = float((g == p).mean())
+    out: dict[str, Any] = {"accuracy": accuracy}
+    out.update({name: float(values[0]) for name, values in macro.items() if name != "labels_averaged"})
+    out.update({"micro_precision": accuracy, "micro_recall": accuracy, "micro_f1": accuracy})
+    out["labels_averaged"] = int(macro["labels_averaged"][0])
+    gold_n = np.bincount(g, minlength=len(vocabulary))
+    pred_n = np.bincount(p, minlength=len(vocabulary))
+    tp = np.bincount(g[g == p], minlength=len(vocabulary))
+    out["per_class_f1"] = {
+        label: float(2 * tp[i] / (gold_n[i] + pred_n[i])) if gold_n[i] + pred_n[i] else None
+        for i, label in enumerate(vocabulary)
+    }
+    out["support"] = {label: int(gold_n[i]) for i, label in enumerate(vocabulary)}
+    out["predicted_counts"] = {label: int(pred_n[i]) for i, label in enumerate(vocabulary)}
+    out["confusion_matrix"] = confusion_matrix(gold, predicted, labels=vocabulary).tolist()
+    out["collapse"] = collapse(gold_n, pred_n, vocabulary)
     return out
+
+
+def collapse(gold_n: np.ndarray, pred_n: np.ndarray, labels: list[str]) -> dict[str, Any]:
+    """Does one label take far more of a system's answers than its share of the gold answers?
+
+    The test: the most predicted label's share of the predictions must exceed its gold share by at least
+    COLLAPSE_MARGIN (a quarter of all answers going to one label beyond what the data holds), and a one-sided
+    exact binomial test must reject "the system predicts this label at its gold rate" at COLLAPSE_ALPHA divided by
+    the number of labels (the label tested is the most predicted of them, a choice Bonferroni accounts for).
+    The margin keeps a slight but real over-prediction of a common label on a large sample from counting; the
+    test keeps a handful of examples, where a quarter is one or two answers, from counting. A label prior in
+    log-probability scoring (some label strings are likelier after any prompt) shows as exactly this.
+    """
+    from scipy.stats import binom
+
+    n = int(pred_n.sum())
+    top = int(np.argmax(pred_n))
+    share, gold_share = pred_n[top] / n, gold_n[top] / max(int(gold_n.sum()), 1)
+    # P(X >= observed) for X ~ Binomial(n, gold share); a label never in the gold answers makes any count surprising
+    p_value = float(binom.sf(pred_n[top] - 1, n, gold_share)) if gold_share > 0 else 0.0
+    alpha = COLLAPSE_ALPHA / len(labels)
+    return {
+        "label": labels[top],
+        "predicted": int(pred_n[top]),
+        "of": n,
+        "share": float(share),
+        "gold_share": float(gold_share),
+        "p_value": p_value,
+        "flagged": bool(share - gold_share >= COLLAPSE_MARGIN and p_value < alpha),
+        "rule": f"top label's share at least {COLLAPSE_MARGIN:.0%} above its gold share, binomial p < "
+        f"{COLLAPSE_ALPHA:g}/{len(labels)} labels",
+    }
 
 
 def free_answer_metrics(gold: list[str], answers: list[str], labels: list[str]) -> dict[str, float]:
@@ -83,6 +171,18 @@ def numeric_matches(gold: list[str], predicted: list[str]) -> list[float] | None
     return [float(e == final_number(p)) for e, p in zip(expected, predicted, strict=True)]
 
 
+def number_matches(gold: list[str], predicted: list[str], strict: bool) -> list[float]:
+    """1.0 where an answer's final number is the reference's: strictly the one after `####`, leniently the last
+    number written (the `number` reward's two forms). Side by side they tell a model that learnt the answer
+    format from one that learnt to reason: the first raises strict alone, the second both."""
+    from specialize.train import answer_number, reference_number
+
+    return [
+        float((got := answer_number(p, strict)) is not None and got == reference_number(g))
+        for g, p in zip(gold, predicted, strict=True)
+    ]
+
+
 def generation_metrics(
     gold: list[str], predicted: list[str], loss_sum: float, n_tokens: int
 ) -> dict[str, Any]:
@@ -101,6 +201,8 @@ def generation_metrics(
     numeric = numeric_matches(gold, predicted)
     if numeric is not None:
         out["numeric_match"] = sum(numeric) / len(gold)
+        for form in ("strict", "lenient"):
+            out[f"number_{form}"] = sum(number_matches(gold, predicted, form == "strict")) / len(gold)
     out["rouge_l"] = sum(rouge) / len(gold)
     out["bleu"] = sacrebleu.corpus_bleu(predicted, [gold]).score / 100
     out["perplexity"] = math.exp(loss_sum / max(n_tokens, 1))

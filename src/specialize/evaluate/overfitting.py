@@ -27,12 +27,18 @@ LAST_LOGGED = 3  # training losses averaged for the end-of-training figure
 def overfitting(train_dir: Path) -> dict[str, Any] | None:
     """The training/validation loss gap of a run's training, and whether it counts as overfitting.
 
-    Returns None when the run has no finished training (`train/result.json`).
+    Returns None when the run has no finished training (`train/result.json`), or trained on-policy: there the
+    training loss is a policy-gradient surrogate and the validation figure minus a mean reward, two quantities a
+    gap between means nothing for.
     """
+    from specialize.config import ON_POLICY
+
     result = train_dir / "result.json"
     if not result.exists():
         return None
     done = json.loads(result.read_text(encoding="utf-8"))
+    if done.get("method") in ON_POLICY:
+        return None
     metrics = train_dir / "metrics.jsonl"
     points = (
         [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -3,8 +3,8 @@
 Reads a JSONL of recorded exchanges of the replaced model (`{"messages": [..., {"role": "assistant", "content":
 <its answer>}]}`, a `label` next to them for classification), lets the run answer every conversation greedily
 (batched, `generate_batch`) and scores its answers against the recorded ones: exact match, token-level F1 and
-ROUGE-L. For a classification run the run's label is chosen by scoring the label set, as its own evaluation
-does, and compared with the row's `label` (or, without one, the recorded answer). Writes
+ROUGE-L. For a classification run the run's label is the one of highest raw log-probability over the label set
+(the `raw` variant of its own evaluation), compared with the row's `label` (or, without one, the recorded answer). Writes
 `eval/parity-<file stem>.json` (metrics and every answer), records the metrics in the registry as stage
 `parity:<file stem>`, and returns them next to the run's held-out evaluation from `eval/report.json`.
 """
@@ -51,7 +51,9 @@ def compare_parity(run: str, reference: Path, registry_url: str | None = None) -
     """
     from peft import PeftModel
 
+    from specialize.evaluate.answers import EVAL_BATCH
     from specialize.evaluate.metrics import normalise_answer
+    from specialize.evaluate.scoring import pick_labels
     from specialize.models import load_model, resolve_model
     from specialize.models.generation import generate_batch
 
@@ -83,7 +85,7 @@ def compare_parity(run: str, reference: Path, registry_url: str | None = None) -
     }
     predicted: list[str] = []
     if labels:
-        predicted = _scored_labels(model, tokenizer, prompts, labels)
+        predicted = pick_labels(model, tokenizer, prompts, labels, EVAL_BATCH)
         gold = [e.label if e.label is not None else r for e, r in zip(examples, recorded, strict=True)]
         metrics["label_accuracy"] = _mean(
             normalise_answer(p) == normalise_answer(g) for p, g in zip(predicted, gold, strict=True)
@@ -129,18 +131,3 @@ def _rouge_l(answers: list[str], recorded: list[str]) -> float:
 
     scorer = rouge_scorer.RougeScorer(["rougeL"])
     return _mean(scorer.score(r, a)["rougeL"].fmeasure for a, r in zip(answers, recorded, strict=True))
-
-
-def _scored_labels(model: Any, tokenizer: Any, prompts: list[str], labels: list[str]) -> list[str]:
-    """The label of highest log-probability after each prompt, as the run's own evaluation picks it."""
-    from specialize.evaluate.evaluation import EVAL_BATCH
-    from specialize.evaluate.scoring import SharedPrefix, label_token_ids, score_labels
-
-    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    prefix, label_ids = SharedPrefix(model, encoded), label_token_ids(tokenizer, labels)
-    out = []
-    for start in range(0, len(encoded), EVAL_BATCH):
-        batch = encoded[start : start + EVAL_BATCH]
-        for scores in score_labels(model, prefix, batch, label_ids, tokenizer.pad_token_id):
-            out.append(labels[max(range(len(labels)), key=scores.__getitem__)])
-    return out

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
+from specialize.evaluate.calibration import LabelScores
+
 
 def label_token_ids(tokenizer: Any, labels: list[str]) -> list[list[int]]:
     """The tokens of each label as an assistant answer, followed by the end-of-turn token."""
@@ -124,6 +128,48 @@ def _add_continuations(
             scores[row][label] += logp[row, q, target].item()
 
 
+def label_log_probs(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    labels: list[str],
+    batch_size: int = 4,
+    progress: Any = None,
+) -> np.ndarray:
+    """Each label's total log-probability after each prompt, shape (prompts, labels); prompts are scored
+    `batch_size` at a time after their shared prefix. `progress`, if given, is called with the number of prompts
+    just scored."""
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    prefix, label_ids = SharedPrefix(model, encoded), label_token_ids(tokenizer, labels)
+    out: list[list[float]] = []
+    for start in range(0, len(encoded), batch_size):
+        batch = encoded[start : start + batch_size]
+        out += score_labels(model, prefix, batch, label_ids, tokenizer.pad_token_id)
+        if progress is not None:
+            progress(len(batch))
+    return np.array(out, dtype=float).reshape(len(prompts), len(labels))
+
+
+def label_scores(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    labels: list[str],
+    rows: list[int],
+    content_free: list[str],
+    bare: str,
+    batch_size: int = 4,
+    progress: Any = None,
+) -> LabelScores:
+    """The one pass every scoring variant is computed from: the label log-probabilities after each question's
+    prompt, and after the content-free and bare-instruction prompts, scored once for the label set (apart from
+    the questions: they share a different prefix, and mixing them in would shorten the questions' shared one)."""
+    questions = label_log_probs(model, tokenizer, prompts, labels, batch_size, progress)
+    extra = label_log_probs(model, tokenizer, [*content_free, bare], labels, batch_size)
+    lengths = np.array([len(ids) for ids in label_token_ids(tokenizer, labels)], dtype=float)
+    return LabelScores(labels, rows, questions, lengths, extra[:-1], extra[-1])
+
+
 def pick_labels(
     model: Any,
     tokenizer: Any,
@@ -132,19 +178,9 @@ def pick_labels(
     batch_size: int = 4,
     progress: Any = None,
 ) -> list[str]:
-    """The most likely label after each prompt, prompts scored `batch_size` at a time after their shared prefix.
-
-    `progress`, if given, is called with the number of prompts just answered.
-    """
-    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    prefix, label_ids, out = SharedPrefix(model, encoded), label_token_ids(tokenizer, labels), []
-    for start in range(0, len(encoded), batch_size):
-        batch = encoded[start : start + batch_size]
-        for scores in score_labels(model, prefix, batch, label_ids, tokenizer.pad_token_id):
-            out.append(labels[max(range(len(labels)), key=scores.__getitem__)])
-        if progress is not None:
-            progress(len(batch))
-    return out
+    """The label of highest raw log-probability after each prompt (see `label_log_probs`)."""
+    scores = label_log_probs(model, tokenizer, prompts, labels, batch_size, progress)
+    return [labels[i] for i in scores.argmax(1)]
 
 
 def answer_loss(model: Any, tokenizer: Any, prompt: str, answer: str) -> tuple[float, int]:

@@ -3,8 +3,10 @@
 A validation split of a few hundred examples leaves real uncertainty in every score, and a fine-tuned model that
 wins by two points may not win at all. Every system answered the same examples, so resampling the examples (with
 the same draw for every system) gives each score a 95% interval and the difference between two systems a paired
-p-value. Written with numpy rather than scipy.stats.bootstrap: macro-F1 over 1,000 resamples vectorises as one
-confusion-count tensor, a thousand times faster than calling scikit-learn per resample.
+p-value. The statistic on each resample is the very one reported as the estimate (`metrics.averaged` for macro
+averages), so an interval describes its own number. Written with numpy rather than scipy.stats.bootstrap:
+macro-F1 over 1,000 resamples vectorises as one label-count table, a thousand times faster than calling
+scikit-learn per resample.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from specialize.evaluate.metrics import averaged, label_codes
+from specialize.evaluate.systems import SYSTEMS
+
 RESAMPLES = 1000
-FINE_TUNED = ("fine_tuned", "fine_tuned_rag")  # systems that run on the fine-tuned weights
 
 
 def _indices(n: int, seed: int | None) -> np.ndarray:
@@ -24,33 +28,22 @@ def _indices(n: int, seed: int | None) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(RESAMPLES, n))
 
 
-def _macro_f1(gold: np.ndarray, pred: np.ndarray, n_labels: int) -> np.ndarray:
-    """Macro-F1 of each resample (rows of `gold` and `pred`), averaged over the labels it contains.
-
-    A small resample can miss a rare label altogether; counting that label as F1 = 0 would drag every interval
-    down, so only labels present as gold or prediction count (on the full sample: every label of the split).
-    """
-    hits = gold == pred
-    tp = np.stack([((gold == k) & hits).sum(1) for k in range(n_labels)], 1)
-    gold_n = np.stack([(gold == k).sum(1) for k in range(n_labels)], 1)
-    pred_n = np.stack([(pred == k).sum(1) for k in range(n_labels)], 1)
-    denominator = gold_n + pred_n
-    f1 = np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0)
-    return f1.sum(1) / np.maximum((denominator > 0).sum(1), 1)
-
-
 def resampled_scores(
     gold: list[Any] | None, predictions: list[Any], labels: list[str] | None, seed: int | None
 ) -> np.ndarray:
-    """The headline metric on each resample: macro-F1 of predicted labels with `labels`, else the mean of the
-    per-example scores in `predictions` (1.0 correct, 0.0 wrong; `gold` is then unused)."""
+    """The headline metric on each resample: macro-F1 of predicted labels with `labels` (by `averaged`, the
+    definition of the estimate itself), else the mean of the per-example scores in `predictions` (1.0 correct,
+    0.0 wrong; `gold` is then unused). Seed None gives the estimate: the metric on the examples evaluated."""
     idx = _indices(len(predictions), seed)
     if labels:
-        code = {label: i for i, label in enumerate(labels)}
-        g = np.array([code.get(x, len(labels)) for x in gold or []])[idx]
-        p = np.array([code.get(x, len(labels) + 1) for x in predictions])[idx]
-        return _macro_f1(g, p, len(labels))
+        vocabulary, (g, p) = label_codes(labels, gold or [], predictions)
+        return averaged(g[idx], p[idx], len(vocabulary))["macro_f1"]
     return np.asarray(predictions, dtype=float)[idx].mean(1)
+
+
+def interval(scores: np.ndarray) -> list[float]:
+    """The 95% percentile interval of resampled scores."""
+    return [float(np.percentile(scores, 2.5)), float(np.percentile(scores, 97.5))]
 
 
 def compare_systems(
@@ -66,12 +59,10 @@ def compare_systems(
     observed = {s: float(resampled_scores(gold, p, labels, None)[0]) for s, p in predictions.items()}
     out: dict[str, Any] = {
         "resamples": RESAMPLES,
-        "intervals": {
-            s: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for s, v in scores.items()
-        },
+        "intervals": {s: interval(v) for s, v in scores.items()},
     }
-    tuned = next((s for s in FINE_TUNED if s in scores), None)
-    others = [s for s in scores if s not in FINE_TUNED]
+    tuned = next((s.name for s in SYSTEMS.values() if s.fine_tuned and s.name in scores), None)
+    others = [s for s in scores if not (s in SYSTEMS and SYSTEMS[s].fine_tuned)]
     if tuned and others:
         best = max(others, key=observed.__getitem__)
         diff = scores[tuned] - scores[best]
@@ -79,7 +70,7 @@ def compare_systems(
             "system": tuned,
             "against": best,
             "difference": observed[tuned] - observed[best],
-            "interval": [float(np.percentile(diff, 2.5)), float(np.percentile(diff, 97.5))],
+            "interval": interval(diff),
             "p_value": float(max((diff <= 0).mean(), 1 / RESAMPLES)),
         }
     return out
@@ -97,5 +88,5 @@ def perplexity_intervals(per_document: dict[str, list[tuple[float, int]]], seed:
         tokens = np.array([n for _, n in docs])
         idx = _indices(len(docs), seed)
         ppl = np.exp(losses[idx].sum(1) / np.maximum(tokens[idx].sum(1), 1))
-        out["intervals"][system] = [float(np.percentile(ppl, 2.5)), float(np.percentile(ppl, 97.5))]
+        out["intervals"][system] = interval(ppl)
     return out

@@ -5,7 +5,8 @@ slowest row, its streamers handle one row only, and every row shares one set of 
 clients needs the opposite, so this module keeps one `DecodeBatch` whose rows are prompts at different points:
 new prompts are pre-filled together and merged into the running cache (left-padded to a common length, the
 padding masked out), finished rows are dropped from it, and every row has its own temperature, top-p, seed and
-adapter. Evaluation uses the same engine through `generate_batch`.
+adapter. Evaluation uses the same engine through `generate_batch`, and on-policy training (online DPO, GRPO)
+samples through `sample_batch`, which records each sampled token's log-probability.
 
 A row may also ask for log-probabilities (`Row.logprobs`): of each token it generates and of the most likely
 alternatives, and with `Row.echo` of every prompt token after the first, as evaluation harnesses score answers.
@@ -77,8 +78,9 @@ class DecodeBatch:
             True  # pass each row's adapter to PEFT; False: the model's active adapter serves every row
         )
         self._cache: Any = None
-        self._mask = torch.zeros(0, 0, dtype=torch.long)
-        self._next_logits = torch.zeros(0, 0)
+        self.device = next(model.parameters()).device
+        self._mask = torch.zeros(0, 0, dtype=torch.long, device=self.device)
+        self._next_logits = torch.zeros(0, 0, device=self.device)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -97,22 +99,34 @@ class DecodeBatch:
     def _add_group(self, rows: Sequence[Row]) -> None:
         for row in rows:
             if row.sampling.temperature > 0:
-                row.generator = torch.Generator().manual_seed(
+                row.generator = torch.Generator(self.device).manual_seed(
                     row.sampling.seed if row.sampling.seed is not None else torch.seed()
                 )
-        width = max(len(r.prompt) for r in rows)
-        ids = torch.tensor([[self.pad_id] * (width - len(r.prompt)) + r.prompt for r in rows])
-        mask = torch.tensor([[0] * (width - len(r.prompt)) + [1] * len(r.prompt) for r in rows])
+        # Rows with the same prompt and adapter (k samples of one prompt) are pre-filled once, then copied.
+        unique: dict[tuple[tuple[int, ...], str], int] = {}
+        copy_of = [unique.setdefault((tuple(r.prompt), r.adapter), len(unique)) for r in rows]
+        firsts = [rows[copy_of.index(i)] for i in range(len(unique))]
+        width = max(len(r.prompt) for r in firsts)
+        ids = torch.tensor(
+            [[self.pad_id] * (width - len(r.prompt)) + r.prompt for r in firsts], device=self.device
+        )
+        mask = torch.tensor(
+            [[0] * (width - len(r.prompt)) + [1] * len(r.prompt) for r in firsts], device=self.device
+        )
         from transformers import DynamicCache
 
         cache = DynamicCache(config=self.model.config)
-        echo = any(r.echo for r in rows)
-        logits = self._forward(ids, mask, cache, [r.adapter for r in rows], every_position=echo)
+        echo = any(r.echo for r in rows)  # an echoed row comes alone (see `add`)
+        logits = self._forward(ids, mask, cache, [r.adapter for r in firsts], every_position=echo)
         if echo:
             for row, row_logits in zip(rows, logits, strict=True):
                 scores = row_logits[width - len(row.prompt) : -1].log_softmax(-1)
                 row.prompt_logprobs = _logprobs(scores, row.prompt[1:], row.logprobs or 0)
             logits = logits[:, -1]
+        if len(firsts) < len(rows):
+            index = torch.tensor(copy_of, device=self.device)
+            cache.batch_select_indices(index)
+            mask, logits = mask[index], logits[index]
         if self.rows:
             self._cache, self._mask = _merge(self._cache, self._mask, cache, mask)
             self._next_logits = torch.cat([self._next_logits, logits])
@@ -123,13 +137,18 @@ class DecodeBatch:
     def step(self) -> list[int]:
         """Choose the next token of every row, append it, and run the model once to ready the following one."""
         chosen = [_pick(self._next_logits[i], row) for i, row in enumerate(self.rows)]
-        for i, (row, token) in enumerate(zip(self.rows, chosen, strict=True)):
+        recorded = [i for i, row in enumerate(self.rows) if row.logprobs is not None]
+        if recorded:
+            scores = self._next_logits[torch.tensor(recorded, device=self.device)].log_softmax(-1)
+            for j, i in enumerate(recorded):
+                row = self.rows[i]
+                row.token_logprobs += _logprobs(scores[j : j + 1], [chosen[i]], row.logprobs or 0)
+        for row, token in zip(self.rows, chosen, strict=True):
             row.tokens.append(token)
-            if row.logprobs is not None:
-                scores = self._next_logits[i : i + 1].log_softmax(-1)
-                row.token_logprobs += _logprobs(scores, [token], row.logprobs)
-        self._mask = torch.cat([self._mask, torch.ones(len(self.rows), 1, dtype=torch.long)], dim=1)
-        ids = torch.tensor(chosen).unsqueeze(1)
+        self._mask = torch.cat(
+            [self._mask, torch.ones(len(self.rows), 1, dtype=torch.long, device=self.device)], dim=1
+        )
+        ids = torch.tensor(chosen, device=self.device).unsqueeze(1)
         self._next_logits = self._forward(ids, self._mask, self._cache, [r.adapter for r in self.rows])
         return chosen
 
@@ -144,7 +163,7 @@ class DecodeBatch:
         if not keep:
             self._cache, self._mask, self._next_logits = None, self._mask[:0, :0], self._next_logits[:0]
             return removed
-        index = torch.tensor(keep)
+        index = torch.tensor(keep, device=self.device)
         self._cache.batch_select_indices(index)
         self._mask = self._mask[index]
         self._next_logits = self._next_logits[index]
@@ -219,7 +238,9 @@ def _merge(
 def _logprobs(scores: torch.Tensor, tokens: list[int], top: int) -> list[TokenLogprob]:
     """Each token's entry in its position's log-probabilities (`scores`, one row per token), with the `top` most
     likely tokens there; all positions at once (a prompt of thousands of tokens is echoed)."""
-    chosen = scores.gather(1, torch.tensor(tokens, dtype=torch.long)[:, None])[:, 0].tolist()
+    chosen = scores.gather(1, torch.tensor(tokens, dtype=torch.long, device=scores.device)[:, None])[
+        :, 0
+    ].tolist()
     if not top:
         return [TokenLogprob(t, lp, []) for t, lp in zip(tokens, chosen, strict=True)]
     best = scores.topk(top, dim=-1)
@@ -243,6 +264,40 @@ def _pick(logits: torch.Tensor, row: Row) -> int:
         sorted_probs[outside] = 0.0
         probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
     return int(torch.multinomial(probs, 1, generator=row.generator))
+
+
+def sample_batch(
+    model: Any,
+    prompts: Sequence[list[int]],
+    sampling: Sequence[Sampling],
+    stop: set[int],
+    pad_id: int,
+    batch_size: int = 16,
+) -> list[Row]:
+    """Sample one continuation of each prompt (token ids) with its own `Sampling`, recording log-probabilities.
+
+    The model's active adapter serves every row (the weights being trained, not a named adapter). A row ends at a
+    `stop` token (kept, as the last of its tokens) or at its `max_tokens`. Returns the rows in prompt order, each
+    with `tokens` and `token_logprobs` (of each token under the model at temperature 1, as it was when sampled).
+    """
+    queue = [
+        Row(list(p), s, tag=i, logprobs=0) for i, (p, s) in enumerate(zip(prompts, sampling, strict=True))
+    ]
+    queue.reverse()
+    done: list[Row | None] = [None] * len(prompts)
+    batch = DecodeBatch(model, pad_id)
+    batch.mixed = False
+    while queue or batch.rows:
+        batch.add([queue.pop() for _ in range(min(batch_size - len(batch), len(queue)))])
+        batch.step()
+        finished = [
+            i
+            for i, r in enumerate(batch.rows)
+            if r.tokens[-1] in stop or len(r.tokens) >= r.sampling.max_tokens
+        ]
+        for row in batch.remove(finished):
+            done[row.tag] = row
+    return [row for row in done if row is not None]
 
 
 def generate_batch(

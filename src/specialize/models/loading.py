@@ -102,15 +102,33 @@ def resolve_model(base_model: str) -> Path:
     return path if path.is_dir() else pull_model(base_model)
 
 
-def load_model(path: Path) -> tuple[Any, Any]:
-    """Load a causal LM and its tokenizer from a local directory, float32, ready for training."""
+def load_model(path: Path, scalar_head: bool = False) -> tuple[Any, Any]:
+    """Load a causal LM and its tokenizer from a local directory, float32, ready for training.
+
+    With `scalar_head`, the decoder ends in one linear output instead of the vocabulary (a reward model:
+    transformers' `*ForSequenceClassification` with one label); a head the directory does not hold starts
+    from the model's own initialisation, under the caller's seed.
+    """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    if scalar_head:
+        from transformers.utils import logging as hf_logging
+
+        # The head is new by design; transformers' "newly initialized weights" warning would read as a fault.
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=1, dtype=torch.float32, pad_token_id=tokenizer.pad_token_id
+            )
+        finally:
+            hf_logging.set_verbosity(verbosity)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     if tokenizer.chat_template is None:
         raise ModelNotFoundError(
             f"{path}: the tokenizer has no chat template; use an instruct/chat model or add a chat_template"

@@ -1,8 +1,10 @@
-"""Training: supervised fine-tuning (SFT) or preference optimisation (DPO), with LoRA, DoRA or every weight.
+"""Training: every `train.method` (SFT, DPO, ORPO, KTO, a reward model, online DPO, GRPO) through one loop, with
+LoRA, DoRA or every weight.
 
 Reads the prepared `data/train.jsonl` and `data/validation.jsonl` of a run, writes `train/adapter/` (or
-`train/model/` for full fine-tuning) and `train/metrics.jsonl`, and reports the loss, tokens/s and ETA while it
-runs. The loop is plain PyTorch around a PEFT model; see `batching.py` for why it is not a trainer library's.
+`train/model/` for full fine-tuning), `train/metrics.jsonl` and, for the on-policy methods, `train/samples.jsonl`
+(every sample with its reward and advantage, per step), and reports the loss, tokens/s and ETA while it runs. The
+loop is plain PyTorch around a PEFT model; see `batching.py` for why it is not a trainer library's.
 """
 
 from __future__ import annotations
@@ -23,14 +25,16 @@ from specialize.data import read_prepared
 from specialize.errors import TrainingError
 from specialize.runs import write_atomic
 from specialize.train.checkpoint import TrainerState
-from specialize.train.objective import objective_for
+from specialize.train.objective import METHODS, objective_for
 
 if TYPE_CHECKING:
     from specialize.train.placement import Placement
+    from specialize.train.rewards import Reward
 
 log = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"
+SAMPLES_FILE = "samples.jsonl"
 MetricsSink = Callable[[int, dict[str, float]], None]
 
 
@@ -46,6 +50,7 @@ class TrainResult:
     final_train_loss: float
     validation_loss: float
     computed_tokens: int = 0  # tokens run through the model: a prefix shared by a batch counts once
+    method: str = "sft"  # train.method; on-policy methods' losses are not a training/validation pair
 
     @property
     def tokens_per_second(self) -> float:
@@ -71,6 +76,7 @@ def train(
     progress: bool = True,
     resume: bool = False,
     placement: Placement | None = None,
+    reward: Reward | None = None,
 ) -> TrainResult:
     """Fine-tune the model at `model_path` on a prepared training split.
 
@@ -86,6 +92,7 @@ def train(
         resume: continue from the newest checkpoint in `out_dir/checkpoints` (a fresh start if there is none).
         placement: device and precision, as the pipeline chose them when it checked the run; default: chosen
             here from `config.device` and `config.precision`.
+        reward: what an on-policy method (`online_dpo`, `grpo`) scores its samples with (`rewards.build_reward`).
 
     Returns:
         The path of the adapter (or full model) and the training figures.
@@ -108,10 +115,11 @@ def train(
     log.info("training on %s", placement.describe())
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    model, tokenizer = load_model(model_path)
+    method = METHODS[config.method]
+    model, tokenizer = load_model(model_path, scalar_head=method.scalar_head)
     # The adapter is drawn on the CPU, then moved: the same seed gives the same start on any device.
-    model = _prepare_model(model, config).to(placement.device)
-    objective = objective_for(config, tokenizer.pad_token_id)
+    model = _prepare_model(model, config, method.scalar_head).to(placement.device)
+    objective = objective_for(config, tokenizer.pad_token_id, reward)
     with placement.autocast():  # DPO scores its reference here
         train_set = objective.encode(model, tokenizer, read_prepared(train_file))
         val_set = objective.encode(model, tokenizer, read_prepared(validation_file))
@@ -143,8 +151,9 @@ def train(
         log.info("resuming from %s (step %d of %d)", last.name, state.step, steps)
     elif not resume:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
-    metrics_path = out_dir / "metrics.jsonl"
+    metrics_path, samples_path = out_dir / "metrics.jsonl", out_dir / SAMPLES_FILE
     _truncate_metrics(metrics_path, state.step)
+    _truncate_metrics(samples_path, state.step)
     model.train()
     started = time.perf_counter() - state.seconds
     last_loss = float("nan")
@@ -152,7 +161,11 @@ def train(
     bar = tqdm(
         total=steps, initial=state.step, desc="train", unit="step", disable=not progress, dynamic_ncols=True
     )
-    with fused_lora(model), metrics_path.open("a", encoding="utf-8") as metrics_file:
+    with (
+        fused_lora(model),
+        metrics_path.open("a", encoding="utf-8") as metrics_file,
+        _Appender(samples_path) as samples_file,
+    ):
         for step in range(state.step + 1, steps + 1):
             group = []
             for _ in range(config.gradient_accumulation):
@@ -182,6 +195,8 @@ def train(
             state.seconds = time.perf_counter() - started
             bar.update(1)
             bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{state.tokens / state.seconds:.0f}")
+            record = objective.drain()
+            samples_file.write(step, record.samples)
             row: dict[str, float] = {}
             if step % config.log_every == 0 or step == steps:
                 row = {
@@ -189,6 +204,7 @@ def train(
                     "learning_rate": scheduler.get_last_lr()[0],
                     "tokens_per_second": state.tokens / state.seconds,
                     "tokens": state.tokens,
+                    **record.figures,
                 }
             stop = config.early_stopping
             if stop is not None and (step % stop.eval_every == 0 or step == steps):
@@ -239,6 +255,7 @@ def train(
         last_loss,
         val_loss,
         state.computed_tokens,
+        config.method,
     )
     result.save(out_dir / RESULT_FILE)
     return result
@@ -265,8 +282,31 @@ def _promote(best: Path, out_dir: Path, adapter: bool) -> Path:
     return target
 
 
+class _Appender:
+    """`samples.jsonl`, opened on the first rows written: offline methods leave no empty file behind."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.file: Any = None
+
+    def __enter__(self) -> _Appender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.file is not None:
+            self.file.close()
+
+    def write(self, step: int, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        if self.file is None:
+            self.file = self.path.open("a", encoding="utf-8")
+        self.file.write("".join(json.dumps({"step": step, **r}, ensure_ascii=False) + "\n" for r in rows))
+        self.file.flush()
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric rows logged after `step`: a resumed run logs those steps again."""
+    """Drop rows (metrics, samples) logged after `step`: a resumed run logs those steps again."""
     if not path.exists():
         return
     keep = [
@@ -275,7 +315,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
     path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
 
 
-def _prepare_model(model: Any, config: TrainConfig) -> Any:
+def _prepare_model(model: Any, config: TrainConfig, scalar_head: bool = False) -> Any:
     if config.adapter is None:
         for p in model.parameters():
             p.requires_grad_(True)
@@ -290,7 +330,8 @@ def _prepare_model(model: Any, config: TrainConfig) -> Any:
         target_modules=lora.target_modules,
         use_dora=config.adapter == "dora",
         use_rslora=lora.rslora,
-        task_type="CAUSAL_LM",
+        # PEFT's sequence-classification task trains and saves a reward model's head beside the adapter.
+        task_type="SEQ_CLS" if scalar_head else "CAUSAL_LM",
     )
     return get_peft_model(model, peft_config)
 

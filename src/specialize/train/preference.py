@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from specialize.data.template import IGNORE, Encoded, encode_conversation, render_prompt
 from specialize.errors import DataError
 from specialize.train.batching import collate, target_losses
+from specialize.train.objective import StepRecord
 
 
 @dataclass(frozen=True)
@@ -36,20 +37,20 @@ class Pair:
         return len(self.chosen.input_ids) + len(self.rejected.input_ids)
 
 
-def encode_pair(tokenizer: Any, row: dict[str, Any]) -> Pair:
+def encode_pair(tokenizer: Any, row: dict[str, Any], method: str = "dpo") -> Pair:
     """A prepared preference row (`prompt`, `chosen`, `rejected` message lists) as two target-masked sequences."""
     if "rejected" not in row:
         raise DataError(
-            f"{row.get('source', 'training data')}: train.method dpo needs preference pairs (prompt, chosen, "
+            f"{row.get('source', 'training data')}: train.method {method} needs preference pairs (prompt, chosen, "
             "rejected); this row has no rejected answer. Use train.method sft for chat data"
         )
     return Pair(
-        _answer_only(tokenizer, row["prompt"], row["chosen"]),
-        _answer_only(tokenizer, row["prompt"], row["rejected"]),
+        answer_only(tokenizer, row["prompt"], row["chosen"]),
+        answer_only(tokenizer, row["prompt"], row["rejected"]),
     )
 
 
-def _answer_only(tokenizer: Any, prompt: list[dict[str, str]], answer: list[dict[str, str]]) -> Encoded:
+def answer_only(tokenizer: Any, prompt: list[dict[str, str]], answer: list[dict[str, str]]) -> Encoded:
     """The conversation's tokens with targets on the answer alone, not on assistant turns inside the prompt."""
     whole = encode_conversation(tokenizer, prompt + answer)
     start = len(render_prompt(tokenizer, prompt))  # characters before the answer
@@ -125,6 +126,9 @@ class PreferenceObjective:
 
     def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return dpo_loss(model, batch, self.beta)[0]
+
+    def drain(self) -> StepRecord:
+        return StepRecord()
 
     def validation(self, model: Any, examples: list[Pair]) -> float:
         """Mean DPO loss on the validation pairs (log 2 = 0.693 for a policy equal to its reference)."""

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from specialize.data import encode_conversation, encode_text
 from specialize.data.template import IGNORE, Encoded
-from specialize.train.objective import Batch
+from specialize.train.objective import Batch, StepRecord
 
 if TYPE_CHECKING:
     import torch
@@ -48,6 +48,9 @@ class SupervisedObjective:
 
     def validation(self, model: Any, examples: list[Encoded]) -> float:
         return validation_loss(model, examples, self.pad_id, self.batch_size)
+
+    def drain(self) -> StepRecord:
+        return StepRecord()
 
 
 def validation_loss(model: Any, examples: list[Encoded], pad_id: int, batch_size: int) -> float:
