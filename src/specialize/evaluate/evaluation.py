@@ -190,7 +190,9 @@ def evaluate(
         "labels": labels if task == Task.CLASSIFICATION else None,
         "n_examples": len(rows),
         "sample": _sample(rows, available, config.max_examples, task, labels),
-        "definitions": DEFINITIONS,
+        "definitions": DEFINITIONS
+        if task == Task.CLASSIFICATION
+        else {"intervals": DEFINITIONS["intervals"]},
         "gold": gold if task.scores_labels else None,
         "systems": results,
         "scoring": runner.scoring_section(gold) if task.scores_labels else None,
