@@ -98,7 +98,7 @@ def test_run_page_numbers_equal_report_json(page, dashboard, screenshots):
             if isinstance(value, float | int) and not isinstance(value, bool):
                 cell = page.locator(f"{row} td[data-metric='{name}']")
                 assert float(cell.get_attribute("data-value")) == value
-                assert cell.inner_text() == f"{value:.3f}"
+                assert cell.inner_text() == (f"{value:,}" if isinstance(value, int) else f"{value:.3f}")
         low, high = report["significance"]["intervals"][system]
         assert page.inner_text(f"{row} td[data-interval]") == f"{low:.3f}–{high:.3f}"
     for system, metrics in report["systems"].items():

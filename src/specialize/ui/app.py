@@ -164,11 +164,11 @@ class Site:
 
 
 def _num(value: Any, digits: int = 3) -> str:
-    """A metric as the tables show it: 3 decimals, integers as integers, nothing for missing."""
+    """A metric as the tables show it: 3 decimals, counts (integers) as integers, nothing for missing."""
     if value is None or isinstance(value, bool):
         return "" if value is None else str(value)
-    if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) >= 1):
-        return f"{int(value):,}"
+    if isinstance(value, int):
+        return f"{value:,}"
     if isinstance(value, float):
         return f"{value:,.0f}" if digits == 0 else f"{value:.{digits}f}"
     return str(value)

@@ -275,7 +275,7 @@ class Evaluation:
     labels: list[str]
     systems: list[str]
     metrics: list[str]  # columns of the metric table: scalar numbers any system has
-    values: dict[str, dict[str, float]]  # system -> metric -> value
+    values: dict[str, dict[str, float | int]]  # system -> metric -> value (counts are ints)
     intervals: dict[str, tuple[float, float]]  # system -> interval of the headline metric
     per_label: dict[
         str, dict[str, dict[str, float]]
@@ -302,7 +302,7 @@ def read_evaluation(report: Any, run_dir: Path, config: dict[str, Any]) -> Evalu
     systems_raw = mapping(report.get("systems"))
     systems = [str(s) for s in systems_raw]
     labels = [str(label) for label in report.get("labels") or [] if isinstance(label, str | int)]
-    values: dict[str, dict[str, float]] = {}
+    values: dict[str, dict[str, float | int]] = {}
     per_label: dict[str, dict[str, dict[str, float]]] = {}
     confusion: dict[str, list[list[float]]] = {}
     texts: dict[str, dict[str, str]] = {}
@@ -312,7 +312,7 @@ def read_evaluation(report: Any, run_dir: Path, config: dict[str, Any]) -> Evalu
         values[system], texts[system], more[system] = {}, {}, {}
         for name, item in metrics.items():
             if number(item) is not None:
-                values[system][name] = float(item)
+                values[system][name] = item  # a count stays an int, shown without decimals
             elif isinstance(item, str):
                 texts[system][name] = item
             elif isinstance(item, dict) and item and all(number(v) is not None for v in item.values()):
