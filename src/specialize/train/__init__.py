@@ -5,7 +5,7 @@ Reads the prepared `data/train.jsonl` and `data/validation.jsonl` of a run, writ
 `Objective` (`objective.py`): `supervised.py` (SFT), `preference.py` (DPO).
 """
 
-from specialize.train.loop import RESULT_FILE, TrainResult, train
+from specialize.train.loop import RESULT_FILE, Preloaded, TrainResult, train
 from specialize.train.objective import METHODS, Objective, check_rows
 from specialize.train.supervised import validation_loss
 
@@ -13,6 +13,7 @@ __all__ = [
     "METHODS",
     "RESULT_FILE",
     "Objective",
+    "Preloaded",
     "TrainResult",
     "check_rows",
     "train",
