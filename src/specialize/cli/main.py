@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     tune = sub.add_parser(
         "tune",
         help="search hyperparameters within a time budget, then train the best config next to the default",
-        description="An Optuna study (TPE, Hyperband pruning) over the config's search: section (or a default "
+        description="An Optuna study (TPE, successive-halving pruning) over the config's search: section (or a default "
         "space), scored by the task's headline metric on a validation sample. The best config is then trained "
         "as a full run next to the default config, with a learning curve; --budget bounds the search, those "
         "runs come after it.",

@@ -113,7 +113,7 @@ def write_study_report(
         f"<h1>Hyperparameter study {html.escape(result.study)}</h1>",
         f"<p>{len(result.trials)} trials: {done} completed, {pruned} pruned. Objective: {result.metric} "
         f"({'higher' if result.maximize else 'lower'} is better) on a seeded sample of {result.sample} validation "
-        f"examples, evaluated every {result.eval_every} training examples; Hyperband pruning.</p>",
+        f"examples, evaluated every {result.eval_every} training examples; successive-halving pruning.</p>",
         "<h2>Trials</h2>",
         _table(header, rows),
     ]

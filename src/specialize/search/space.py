@@ -61,20 +61,3 @@ def apply(config: RunConfig, params: dict[str, Any], **top: Any) -> RunConfig:
             node = node[part]
         node[last] = value
     return RunConfig.model_validate({**doc, **top})
-
-
-def longest_trial(config: RunConfig, space: dict[str, SearchParam], n_train: int) -> int:
-    """Training examples seen by the longest trial the space allows: the pruner's largest resource."""
-
-    def most(key: str, fixed: float) -> float:
-        numbers = [v for v in (space[key].values if key in space else []) if isinstance(v, int | float)]
-        return float(max(numbers)) if numbers else fixed
-
-    t = config.train
-    per_step = most("train.batch_size", t.batch_size) * most(
-        "train.gradient_accumulation", t.gradient_accumulation
-    )
-    if t.max_steps is not None or "train.max_steps" in space:
-        return int(most("train.max_steps", t.max_steps or 1) * per_step)
-    examples = min(n_train, int(most("data.max_train_examples", n_train)))
-    return int(max(most("train.epochs", t.epochs) * examples, per_step))

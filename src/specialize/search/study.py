@@ -21,7 +21,6 @@ from specialize.data.split import seeded_sample
 from specialize.errors import ConfigError
 from specialize.runs import write_atomic
 from specialize.search.metric import GENERATION_SAMPLE, SAMPLE, headline, task_of
-from specialize.search.space import longest_trial, space_of
 from specialize.search.worker import SAMPLE_FILE, StudyJob, recover_lost_trials, run_worker, storage_for
 
 log = logging.getLogger(__name__)
@@ -148,7 +147,6 @@ def search_hyperparameters(
         deadline=deadline,
         max_trials=max_trials,
         eval_every=int(attrs["eval_every"]),
-        longest=longest_trial(config, space_of(config), data.n_train),
         n_train=data.n_train,
     )
     _run_workers(job, workers, progress)

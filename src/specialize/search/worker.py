@@ -19,6 +19,7 @@ import os
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ SAMPLE_FILE = (
 )
 HEARTBEAT_SECONDS = 20  # a trial's worker writes a heartbeat this often...
 GRACE_SECONDS = 90  # ...and a trial without one for this long lost its worker (another machine's, say)
+REDUCTION = 3  # successive halving keeps the best third of the trials at each rung
 LOST = "lost: its worker stopped while it ran (killed?); its values are queued again"
 
 
@@ -58,7 +60,6 @@ class StudyJob:
     deadline: float  # time.time() after which no trial runs on
     max_trials: int | None
     eval_every: int  # training examples between two evaluations of a trial: the pruner's smallest resource
-    longest: int  # training examples of the longest trial the space allows: the pruner's largest resource
     n_train: int
 
     @property
@@ -97,16 +98,17 @@ def open_study(job: StudyJob, worker: int) -> optuna.Study:
 
     TPE is seeded per worker (the config's seed plus the worker's number), so that one worker's study is
     reproducible and several workers do not draw the same values; the constant liar keeps concurrent trials
-    apart. Hyperband's resource is training examples seen, from one evaluation interval to the longest trial.
+    apart. The pruner is asynchronous successive halving on training examples seen, with rungs at one, three,
+    nine... evaluation intervals: a trial goes on past a rung when it is in the best third of the trials that
+    reached it (the best, while fewer than three have). Hyperband would run several such brackets side by side,
+    each with its own trials; a budget of a few dozen trials on a CPU leaves each bracket too few to prune.
     """
     import optuna
 
     sampler = optuna.samplers.TPESampler(
         seed=job.config.seed + worker, n_startup_trials=5, multivariate=True, constant_liar=True
     )
-    pruner = optuna.pruners.HyperbandPruner(
-        min_resource=job.eval_every, max_resource=max(job.longest, job.eval_every), reduction_factor=3
-    )
+    pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=job.eval_every, reduction_factor=REDUCTION)
     return optuna.load_study(
         study_name=job.study, storage=storage_for(job.storage), sampler=sampler, pruner=pruner
     )
@@ -206,8 +208,8 @@ def _run_trial(
             raise _Stop(f"budget: the study's time ran out at step {step} of {steps}", step)
         if trial.should_prune():
             raise _Stop(
-                f"pruned by hyperband at step {step} of {steps} ({step * per_step} examples seen): "
-                f"{metric.name} {value:.4f} was not among the best trials at that point",
+                f"pruned at step {step} of {steps} ({step * per_step} examples seen): {metric.name} "
+                f"{value:.4f} was not in the best third of the trials at that point",
                 step,
             )
 
@@ -326,7 +328,9 @@ def recover_lost_trials(study: optuna.Study, storage_url: str) -> None:
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue  # another worker got there first
             _requeue(study, trial, storage_url)
-    optuna.storages.fail_stale_trials(study)
+    with warnings.catch_warnings():  # experimental in Optuna, as its own optimize() says when it calls it
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
 
 
 def _requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial, storage_url: str) -> None:
