@@ -18,7 +18,22 @@ from typing import Any
 import pytest
 from conftest import write_chat_dataset, write_jsonl, write_run_config
 
-WORDS = "the contract states that payment is due within thirty days of the invoice date".split()
+WORDS = [
+    "the",
+    "contract",
+    "states",
+    "that",
+    "payment",
+    "is",
+    "due",
+    "within",
+    "thirty",
+    "days",
+    "of",
+    "the",
+    "invoice",
+    "date",
+]
 
 
 def text_rows(n: int, start: int = 0) -> list[dict[str, str]]:
@@ -30,7 +45,9 @@ def text_rows(n: int, start: int = 0) -> list[dict[str, str]]:
     return rows
 
 
-def study_config(directory: pathlib.Path, model_dir: pathlib.Path, text: bool = False, **changes: Any) -> pathlib.Path:
+def study_config(
+    directory: pathlib.Path, model_dir: pathlib.Path, text: bool = False, **changes: Any
+) -> pathlib.Path:
     """A run YAML for `specialize tune` on the tiny model: the 3-label chat set (or plain text), short trials."""
     if text:
         write_jsonl(directory / "data" / "train.jsonl", text_rows(48))
@@ -102,3 +119,16 @@ def postgres_url() -> Iterator[str]:
         with contextlib.suppress(subprocess.SubprocessError):
             pg(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def the_study(registry: Any) -> dict[str, Any]:
+    """The one study run in a registry."""
+    [row] = [r for r in registry.list_runs() if r["name"].endswith("-study")]
+    return row
+
+
+def load_trials(study: str, url: str) -> list[Any]:
+    """The study's trials, as Optuna stores them."""
+    import optuna
+
+    return optuna.load_study(study_name=study, storage=url).get_trials(deepcopy=False)

@@ -84,13 +84,15 @@ def storage_for(url: str) -> optuna.storages.RDBStorage:
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"timeout": 60}  # workers of one machine queue for SQLite's lock
-    return optuna.storages.RDBStorage(
-        url,
-        engine_kwargs=kwargs,
-        heartbeat_interval=HEARTBEAT_SECONDS,
-        grace_period=GRACE_SECONDS,
-        failed_trial_callback=lambda study, trial: _requeue(study, trial, url),
-    )
+    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, and have been since 2.9
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=kwargs,
+            heartbeat_interval=HEARTBEAT_SECONDS,
+            grace_period=GRACE_SECONDS,
+            heartbeat_stale_trial_callback=lambda study, trial: _requeue(study, trial, url),
+        )
 
 
 def open_study(job: StudyJob, worker: int) -> optuna.Study:
@@ -171,9 +173,17 @@ def _run_trial(
 
     from specialize.train import train
 
-    trial = study.ask()
+    with warnings.catch_warnings():
+        # Optuna warns that heartbeats are meant for Study.optimize; this loop records them itself (_heartbeat),
+        # because it must look at a trial's values before deciding to run it (the budget), which optimize() cannot.
+        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+        trial = study.ask()
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-    config = apply(job.config, suggest(trial, space_of(job.config)), name=f"{job.config.name}-trial")
+    config = apply(
+        job.config,
+        suggest(trial, space_of(job.config)),
+        name=f"{job.config.name.removesuffix('-study')}-trial",
+    )
     t = config.train
     per_step = t.batch_size * t.gradient_accumulation
     n_train = min(job.n_train, config.data.max_train_examples or job.n_train)
