@@ -44,6 +44,7 @@ SAMPLE_FILE = (
 HEARTBEAT_SECONDS = 20  # a trial's worker writes a heartbeat this often...
 GRACE_SECONDS = 90  # ...and a trial without one for this long lost its worker (another machine's, say)
 REDUCTION = 3  # successive halving keeps the best third of the trials at each rung
+INTERRUPTED = "interrupted (Ctrl-C); its values are queued again"
 LOST = "lost: its worker stopped while it ran (killed?); its values are queued again"
 
 
@@ -261,9 +262,11 @@ def _run_trial(
         log.info("trial %d: %s", trial.number, stop.reason)
         return not stop.reason.startswith("budget")
     except BaseException as exc:  # an interrupt too: the trial in flight is lost, and says why
-        reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
-        record("failed", reason)
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        record("failed", INTERRUPTED if interrupted else f"{type(exc).__name__}: {exc}")
         study.tell(trial, state=TrialState.FAIL)
+        if interrupted:  # its values were not at fault: tried again when the study goes on
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
         raise
     record("completed", None)
     value = evaluated["value"]
