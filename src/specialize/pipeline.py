@@ -337,6 +337,7 @@ def tune(
     from specialize.search import apply, search_hyperparameters, space_of, study_result, write_best_config
 
     if resume is not None:
+        _mirror_study(resume, storage)
         run_dir, study_config, registry = open_run(resume, storage)
         if registry.get_run(run_dir.id)["status"] == "completed":
             raise ConfigError(
@@ -410,6 +411,30 @@ def tune(
         raise
     registry.finish_run(study, "completed")
     return TuneResult(study, run_dir, searched, best_config, tuned, default, curve, report)
+
+
+def _mirror_study(study: str, storage: str | None) -> None:
+    """On a machine that does not see the study's directory (one joining it through a shared registry), make
+    the same directory here from the study's registry row: its config, and its data prepared again (the same
+    rows: the same files, the same seed). Trials run here keep their files here."""
+    from specialize.config import DEFAULT_REGISTRY
+
+    if (Path(study) / "config.resolved.yaml").is_file():
+        return
+    row = Registry(storage or DEFAULT_REGISTRY).get_run(study)
+    root = Path(row["run_dir"])
+    if root.exists():
+        return
+    config = RunConfig.model_validate(json.loads(row["config"]))
+    inputs = check_inputs(config)
+    log.info("study %s: its directory is not on this machine; preparing its data here in %s", study, root)
+
+    def fill(staging: RunDir) -> None:
+        prepare_data(config.data, _tokenizer(inputs), staging.data, config.seed, inputs.examples)
+        save_resolved(config, staging.config)
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    build_run_dir(root.parent, root.name, fill)
 
 
 def _learning_curve(

@@ -121,9 +121,13 @@ def postgres_url() -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def the_study(registry: Any) -> dict[str, Any]:
-    """The one study run in a registry."""
-    [row] = [r for r in registry.list_runs() if r["name"].endswith("-study")]
+def the_study(registry: Any, under: pathlib.Path | None = None) -> dict[str, Any]:
+    """The one study run in a registry (with `under`, the one whose directory is there: a shared server)."""
+    [row] = [
+        r
+        for r in registry.list_runs()
+        if r["name"].endswith("-study") and (under is None or r["run_dir"].startswith(str(under)))
+    ]
     return row
 
 

@@ -115,14 +115,12 @@ def search_hyperparameters(
             )
         if max_trials is None:
             max_trials = attrs.get("max_trials")
+        if not (search_dir / SAMPLE_FILE).exists():  # a study directory made again on another machine
+            _write_sample(search_dir, data, int(attrs["sample"]), config.seed)
     else:
-        rows = read_prepared(data.validation_path)
-        task = task_of(rows, data.labels)
+        task = task_of(read_prepared(data.validation_path), data.labels)
         size = sample or (GENERATION_SAMPLE if task == "generation" else SAMPLE)
-        chosen = seeded_sample(rows, size, config.seed)
-        write_atomic(
-            search_dir / SAMPLE_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in chosen)
-        )
+        chosen = _write_sample(search_dir, data, size, config.seed)
         name, maximize = headline(task, chosen)
         opened = optuna.create_study(
             study_name=study, storage=storage_for(storage), direction="maximize" if maximize else "minimize"
@@ -152,6 +150,13 @@ def search_hyperparameters(
     _run_workers(job, workers, progress)
     recover_lost_trials(opened, storage)  # a worker process that died leaves no trial running
     return study_result(study, storage)
+
+
+def _write_sample(search_dir: Path, data: PreparedData, size: int, seed: int) -> list[dict[str, Any]]:
+    """The validation rows every trial is scored on: a seeded sample, the same wherever it is drawn."""
+    chosen = seeded_sample(read_prepared(data.validation_path), size, seed)
+    write_atomic(search_dir / SAMPLE_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in chosen))
+    return chosen
 
 
 def _run_workers(job: StudyJob, workers: int, progress: bool) -> None:

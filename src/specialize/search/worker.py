@@ -85,15 +85,27 @@ def storage_for(url: str) -> optuna.storages.RDBStorage:
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"timeout": 60}  # workers of one machine queue for SQLite's lock
-    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, and have been since 2.9
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=kwargs,
-            heartbeat_interval=HEARTBEAT_SECONDS,
-            grace_period=GRACE_SECONDS,
-            heartbeat_stale_trial_callback=lambda study, trial: _requeue(study, trial, url),
-        )
+    import sqlalchemy
+
+    for attempt in range(3):
+        try:
+            with (
+                warnings.catch_warnings()
+            ):  # heartbeats are "experimental" in Optuna, and have been since 2.9
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs=kwargs,
+                    heartbeat_interval=HEARTBEAT_SECONDS,
+                    grace_period=GRACE_SECONDS,
+                    heartbeat_stale_trial_callback=lambda study, trial: _requeue(study, trial, url),
+                )
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            # Two processes making Optuna's tables at once: the later one finds them made, and opens them again.
+            if attempt == 2 or "already exists" not in str(exc):
+                raise
+            time.sleep(1)
+    raise AssertionError("unreachable")
 
 
 def open_study(job: StudyJob, worker: int) -> optuna.Study:
