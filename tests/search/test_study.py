@@ -110,3 +110,17 @@ def test_pruning_stops_poor_trials_early_and_the_registry_says_where_and_why(
         assert step == t.user_attrs["steps"] < t.user_attrs["steps_planned"]
         assert t.params["train.learning_rate"] == 1e-6
     assert "pruned at step" in capsys.readouterr().out
+
+
+def test_a_trial_that_cannot_train_fails_alone_and_the_study_goes_on(tmp_path, tiny_model_dir, capsys):
+    # A batch of a billion examples is refused before its first step (memory): that trial fails, not the study.
+    path = study_config(tmp_path, tiny_model_dir, search={"train.batch_size": {"choice": [4, 10**9]}})
+    assert main(["--quiet", "tune", str(path), "--budget", "5m", "--trials", "4", "--search-only"]) == 0
+    config = load_config(path)
+    registry = Registry(config.registry_url)
+    trials = load_trials(the_study(registry)["id"], config.registry_url)
+    failed = [t for t in trials if t.state.name == "FAIL" and "run" in t.user_attrs]
+    assert failed and all(t.params["train.batch_size"] == 10**9 for t in failed)
+    assert all(t.user_attrs["reason"].startswith("ResourceError") for t in failed)
+    assert all(registry.get_run(t.user_attrs["run"])["status"] == "failed" for t in failed)
+    assert any(t.state.name == "COMPLETE" for t in trials)

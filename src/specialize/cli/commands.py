@@ -73,6 +73,12 @@ def tune(
         raise ConfigError("specialize tune needs --budget, e.g. --budget 45m (the wall time of the search)")
     if resume is None and config_path is None:
         raise ConfigError("specialize tune needs a run YAML, or --resume STUDY to continue a study")
+    if resume is not None and overrides:
+        raise ConfigError(
+            "--set does not apply with --resume: a study goes on with the config it started with"
+        )
+    if resume is not None and config_path is not None:
+        print(f"note: --resume goes on with study {resume}'s own config; {config_path} is not read")
     config = load_config(config_path, overrides) if resume is None else None
     result = tune_study(
         config,

@@ -13,6 +13,7 @@ PostgreSQL URL joins them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -24,9 +25,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from specialize.config import RunConfig, save_resolved
+from specialize.errors import SpecializeError
 from specialize.runs import Registry, RunDir, build_run_dir, write_atomic
 from specialize.search.space import apply, space_of, suggest
 
@@ -43,6 +45,7 @@ SAMPLE_FILE = (
 )
 HEARTBEAT_SECONDS = 20  # a trial's worker writes a heartbeat this often...
 GRACE_SECONDS = 90  # ...and a trial without one for this long lost its worker (another machine's, say)
+MAX_NOT_STARTED = 3  # trials in a row too long for the time left, after which a worker stops
 REDUCTION = 3  # successive halving keeps the best third of the trials at each rung
 INTERRUPTED = "interrupted (Ctrl-C); its values are queued again"
 LOST = "lost: its worker stopped while it ran (killed?); its values are queued again"
@@ -151,18 +154,27 @@ def run_worker(job: StudyJob, worker: int = 0, ready: Any = None, progress: bool
     rows = read_prepared(job.search_dir / SAMPLE_FILE)
     metric = ValidationMetric(rows, job.labels, tokenizer, context, job.config.seed, size=len(rows))
     if ready is not None:
-        ready.wait(timeout=600)
+        with contextlib.suppress(
+            threading.BrokenBarrierError
+        ):  # a worker that failed to start: go on without it
+            ready.wait(timeout=600)
     study = open_study(job, worker)
     registry = Registry(job.storage)
     parent = os.getppid()
-    ran = 0
+    ran = skipped = 0
     while time.time() < job.deadline and (ready is None or os.getppid() == parent):
         recover_lost_trials(study, job.storage)
         if job.max_trials is not None and _started(study) >= job.max_trials:
             break
-        if not _run_trial(study, job, registry, preloaded, metric, progress):
+        outcome = _run_trial(study, job, registry, preloaded, metric, progress)
+        if outcome == "out of time":
             break
-        ran += 1
+        # A trial too long for the time left is not started; shorter values may still fit, but a sampler that
+        # keeps drawing long ones means the budget is spent.
+        skipped = skipped + 1 if outcome == "not started" else 0
+        if skipped == MAX_NOT_STARTED:
+            break
+        ran += outcome == "ran"
     return ran
 
 
@@ -180,8 +192,9 @@ def _run_trial(
     preloaded: Preloaded,
     metric: ValidationMetric,
     progress: bool,
-) -> bool:
-    """Ask the sampler for a trial and run it; False when it would not finish before the deadline."""
+) -> Literal["ran", "not started", "out of time"]:
+    """Ask the sampler for a trial and run it, unless the trials so far say it cannot finish before the deadline
+    ("not started"); "out of time" when the deadline stopped it."""
     from optuna.trial import TrialState
 
     from specialize.train import train
@@ -210,7 +223,7 @@ def _run_trial(
         )
         study.tell(trial, state=TrialState.FAIL)
         log.info("trial %d not started: about %.0f s needed, %.0f s left", trial.number, estimate, left)
-        return False
+        return "not started"
     run_dir = _trial_run(job, config, trial.number, n_train)
     registry.create_run(run_dir, config.name, config.base_model, config.model_dump(mode="json"), job.study)
     trial.set_user_attr("run", run_dir.id)
@@ -272,7 +285,12 @@ def _run_trial(
         record("pruned", stop.reason)
         study.tell(trial, state=TrialState.PRUNED)
         log.info("trial %d: %s", trial.number, stop.reason)
-        return not stop.reason.startswith("budget")
+        return "out of time" if stop.reason.startswith("budget") else "ran"
+    except (SpecializeError, MemoryError) as exc:  # a diverging loss, too little memory: the values' fault
+        record("failed", f"{type(exc).__name__}: {exc}")
+        study.tell(trial, state=TrialState.FAIL)
+        log.info("trial %d failed: %s", trial.number, exc)
+        return "ran"
     except BaseException as exc:  # an interrupt too: the trial in flight is lost, and says why
         interrupted = isinstance(exc, KeyboardInterrupt)
         record("failed", INTERRUPTED if interrupted else f"{type(exc).__name__}: {exc}")
@@ -284,7 +302,7 @@ def _run_trial(
     value = evaluated["value"]
     study.tell(trial, value)
     log.info("trial %d: %s %.4f after %d steps", trial.number, metric.name, value, steps)
-    return True
+    return "ran"
 
 
 def _trial_run(job: StudyJob, config: RunConfig, number: int, n_train: int) -> RunDir:
