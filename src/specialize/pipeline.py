@@ -403,11 +403,8 @@ def tune(
         registry.add_artifact(study, "report", report)
         registry.add_artifact(study, "best_config", best_config)
     except BaseException as exc:
-        registry.finish_run(
-            study,
-            "failed",
-            error=f"{type(exc).__name__}: {exc}; continue with specialize tune --resume {study}",
-        )
+        what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        registry.finish_run(study, "failed", error=f"{what}; continue with specialize tune --resume {study}")
         raise
     registry.finish_run(study, "completed")
     return TuneResult(study, run_dir, searched, best_config, tuned, default, curve, report)
