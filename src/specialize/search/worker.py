@@ -154,9 +154,8 @@ def run_worker(job: StudyJob, worker: int = 0, ready: Any = None, progress: bool
     rows = read_prepared(job.search_dir / SAMPLE_FILE)
     metric = ValidationMetric(rows, job.labels, tokenizer, context, job.config.seed, size=len(rows))
     if ready is not None:
-        with contextlib.suppress(
-            threading.BrokenBarrierError
-        ):  # a worker that failed to start: go on without it
+        # A worker that failed to start breaks the barrier: the others go on without it.
+        with contextlib.suppress(threading.BrokenBarrierError):
             ready.wait(timeout=600)
     study = open_study(job, worker)
     registry = Registry(job.storage)
