@@ -17,7 +17,7 @@ from specialize.cli.main import main
 from specialize.config import load_config
 from specialize.runs import Registry
 
-TRIALS = {"max_steps": None, "epochs": 4, "batch_size": 4, "log_every": 100}
+TRIALS = {"max_steps": None, "epochs": 3, "batch_size": 4, "log_every": 100}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
