@@ -63,7 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     tune.add_argument("--workers", type=int, default=1, metavar="K", help="worker processes on this machine")
     tune.add_argument(
-        "--resume", metavar="STUDY", help="continue a study (its run id) after an interrupt or kill"
+        "--resume",
+        metavar="STUDY",
+        help="continue a study (its run id or directory) after an interrupt or kill",
     )
     tune.add_argument(
         "--search-only",
