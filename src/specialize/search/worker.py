@@ -165,6 +165,8 @@ def run_worker(job: StudyJob, worker: int = 0, ready: Any = None, progress: bool
         recover_lost_trials(study, job.storage)
         if job.max_trials is not None and _started(study) >= job.max_trials:
             break
+        if job.deadline - time.time() < _shortest(study):  # not even the quickest trial so far would fit
+            break
         outcome = _run_trial(study, job, registry, preloaded, metric, progress)
         if outcome == "out of time":
             break
@@ -175,6 +177,14 @@ def run_worker(job: StudyJob, worker: int = 0, ready: Any = None, progress: bool
             break
         ran += outcome == "ran"
     return ran
+
+
+def _shortest(study: optuna.Study) -> float:
+    """Seconds of the quickest trial that ran to its end (0 before any has)."""
+    from optuna.trial import TrialState
+
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return min((t.user_attrs.get("seconds", 0.0) for t in done), default=0.0)
 
 
 def _started(study: optuna.Study) -> int:
