@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 from pydantic_core import PydanticCustomError
 
 from specialize.errors import ConfigError
@@ -351,6 +351,73 @@ class EvalConfig(_Section):
     )
 
 
+SearchKind = Literal["log_uniform", "uniform", "int", "choice"]
+# What `specialize tune` may vary. The data are prepared once per study, so of `data:` only the sample size (a
+# seeded subset of the prepared split, the same one a run with that value keeps); of `train:` everything but where
+# and how often training reports, and the method (its rows were checked for the configured one).
+NOT_SEARCHABLE = {
+    "train.method": "the data were checked for the configured method; tune one method per study",
+    "train.device": "every trial runs on the same device",
+    "train.precision": "every trial runs in the same precision",
+    "train.log_every": "it does not change the model",
+    "train.checkpoints": "it does not change the model",
+    "train.early_stopping": "trials are evaluated and pruned by the study itself",
+}
+
+
+class SearchParam(BaseModel):
+    """One searched config value, written `{log_uniform: [lo, hi]}`, `{uniform: [lo, hi]}`, `{int: [lo, hi]}` or
+    `{choice: [a, b, ...]}`; the same shape is written back to `config.resolved.yaml`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: SearchKind
+    values: list[Any]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_kind(cls, raw: Any) -> Any:
+        kinds = get_args(SearchKind)
+        if isinstance(raw, SearchParam):
+            return raw
+        if isinstance(raw, dict) and len(raw) == 1 and next(iter(raw)) in kinds:
+            kind, values = next(iter(raw.items()))
+            if kind in ("log_uniform", "uniform") and isinstance(values, list):
+                # YAML 1.1 reads 1e-5 (no dot) as a string; the range is meant as numbers.
+                values = [_float_or_text(v) for v in values]
+            return {"kind": kind, "values": values}
+        raise PydanticCustomError(
+            "search_param",
+            "a distribution is one of {log_uniform: [lo, hi]}, {uniform: [lo, hi]}, {int: [lo, hi]} or "
+            "{choice: [a, b, ...]}",
+        )
+
+    @model_validator(mode="after")
+    def _valid_range(self) -> SearchParam:
+        v = self.values
+        if self.kind == "choice":
+            if not v or not all(x is None or isinstance(x, bool | int | float | str) for x in v):
+                raise PydanticCustomError(
+                    "search_param", "choice needs a non-empty list of numbers, strings, booleans or null"
+                )
+            return self
+        numbers = len(v) == 2 and all(isinstance(x, int | float) and not isinstance(x, bool) for x in v)
+        if not numbers or (self.kind == "int" and not all(isinstance(x, int) for x in v)):
+            what = "integers" if self.kind == "int" else "numbers"
+            raise PydanticCustomError("search_param", f"{self.kind} needs two {what} [lo, hi]")
+        if v[0] >= v[1]:
+            raise PydanticCustomError("search_param", f"{self.kind} needs lo < hi")
+        if self.kind == "log_uniform" and v[0] <= 0:
+            raise PydanticCustomError(
+                "search_param", "log_uniform needs lo > 0; use uniform for a range from 0"
+            )
+        return self
+
+    @model_serializer
+    def _as_written(self) -> dict[str, list[Any]]:
+        return {self.kind: self.values}
+
+
 class RunConfig(_Section):
     """Everything one run needs; each stage receives only its own section."""
 
@@ -366,6 +433,11 @@ class RunConfig(_Section):
         None,
         description="Scores answers: what online_dpo and grpo learn from, and a metric of every evaluated system.",
     )
+    search: dict[str, SearchParam] | None = Field(
+        None,
+        description="`specialize tune`: dotted config key -> distribution, e.g. train.learning_rate: "
+        "{log_uniform: [1e-5, 3e-3]}; absent: a default space (search/space.py).",
+    )
 
     @model_validator(mode="after")
     def _on_policy_needs_a_reward(self) -> RunConfig:
@@ -376,6 +448,24 @@ class RunConfig(_Section):
                 "section; add one, e.g. reward: {{type: number}} for GSM8K-style answers (types: {types})",
                 {"method": self.train.method, "types": ", ".join(REWARD_TYPES)},
             )
+        return self
+
+    @model_validator(mode="after")
+    def _search_keys_exist(self) -> RunConfig:
+        """Every searched key names a value `specialize tune` may vary, and every candidate value is valid there."""
+        problems = []
+        base = self.model_dump(mode="json", exclude={"search"})
+        for key, param in (self.search or {}).items():
+            problem = _search_key_problem(key)
+            if problem is None:
+                for value in param.values:  # the choices, or both ends of a range
+                    problem = _search_value_problem(base, key, value)
+                    if problem is not None:
+                        break
+            if problem is not None:
+                problems.append(f"search.{key}: {problem}")
+        if problems:
+            raise PydanticCustomError("search", "\n".join(problems))
         return self
 
     @model_validator(mode="after")
@@ -392,6 +482,62 @@ class RunConfig(_Section):
     @property
     def registry_url(self) -> str:
         return self.registry or f"sqlite:///{(self.runs_dir / 'registry.db').as_posix()}"
+
+
+def _float_or_text(value: Any) -> Any:
+    try:
+        return float(value) if isinstance(value, str) else value
+    except ValueError:
+        return value
+
+
+def _search_key_problem(key: str) -> str | None:
+    """Why `key` cannot be searched (with the fix), or None."""
+    parts = key.split(".")
+    for prefix, why in NOT_SEARCHABLE.items():
+        if key == prefix or key.startswith(prefix + "."):
+            return f"cannot be searched: {why}; remove it from search:"
+    if parts[0] == "data" and key != "data.max_train_examples":
+        return (
+            "cannot be searched: the data are prepared once per study; of data: only data.max_train_examples "
+            "can vary (set the others outside search:)"
+        )
+    if parts[0] != "train" and parts[0] != "data":
+        return "cannot be searched: only train.* keys and data.max_train_examples vary between trials"
+    model: type[BaseModel] = RunConfig
+    for i, part in enumerate(parts):
+        field = model.model_fields.get(part)
+        if field is None:
+            close = difflib.get_close_matches(part, list(model.model_fields), n=1)
+            hint = f" (did you mean '{'.'.join([*parts[:i], close[0]])}'?)" if close else ""
+            return f"unknown config key{hint}; search: keys are dotted paths such as train.learning_rate"
+        nested = [a for a in (field.annotation, *get_args(field.annotation)) if isinstance(a, type)]
+        sections = [a for a in nested if issubclass(a, BaseModel)]
+        if i < len(parts) - 1:
+            if not sections:
+                return f"{'.'.join(parts[: i + 1])} is a value, not a section"
+            model = sections[0]
+        elif sections:
+            return f"{key} is a section; search one of its values, e.g. {key}.{next(iter(sections[0].model_fields))}"
+    return None
+
+
+def _search_value_problem(base: dict[str, Any], key: str, value: Any) -> str | None:
+    """Why the config with `key` set to `value` is invalid (the field's own rule), or None."""
+    import copy
+
+    doc = copy.deepcopy(base)
+    node = doc
+    *parents, last = key.split(".")
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    try:
+        RunConfig.model_validate(doc)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        return f"{value!r} is not a valid value here ({err['msg']}); change the distribution's values"
+    return None
 
 
 def load_config(path: Path | str | None, overrides: list[str] | None = None) -> RunConfig:
@@ -499,6 +645,10 @@ def _describe(exc: ValidationError, source: str) -> str:
             lines.append(f"{source}: unknown key '{key}'{_suggest(err['loc'])}; remove or rename it")
         elif err["type"] == RULE:  # a rule across keys: its message names them
             lines.append(f"{source}: {err['msg']}")
+        elif err["type"] == "search":
+            lines += [f"{source}: {line}" for line in err["msg"].splitlines()]
+        elif err["type"] == "search_param":
+            lines.append(f"{source}: {key}: {err['msg']} (got {err.get('input')!r}); fix it in search:")
         elif err["type"] == "missing":
             lines.append(f"{source}: missing key '{key}'; add it to the config or pass --set {key}=...")
         else:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from specialize.config import ON_POLICY, RunConfig, save_resolved
 from specialize.data import Example, PreparedData, load_examples, prepare_data, read_chat_jsonl
 from specialize.data.audit import left_out
-from specialize.errors import DataError, RunNotFoundError
+from specialize.errors import ConfigError, DataError, RunNotFoundError, TrainingError
 from specialize.evaluate import EvalReport, evaluate
 from specialize.evaluate.report import load_report, recorded_scoring, write_html_report
 from specialize.models import resolve_model
@@ -35,6 +35,7 @@ from specialize.train import RESULT_FILE, SAMPLES_FILE, TrainResult, check_rows,
 from specialize.train.checkpoint import latest as latest_checkpoint
 
 if TYPE_CHECKING:
+    from specialize.search import CurvePoint, StudyResult
     from specialize.train.placement import Placement
     from specialize.train.rewards import Reward
 
@@ -63,18 +64,20 @@ class RunInputs:
     reward: Reward | None = None
 
 
-def run(config: RunConfig, progress: bool = True) -> RunResult:
+def run(config: RunConfig, progress: bool = True, parent_run: str | None = None) -> RunResult:
     """Prepare data, fine-tune, evaluate against the base model, and report.
 
     Args:
         config: a validated run config (see `specialize.config.load_config`).
         progress: show progress bars.
+        parent_run: the run this one descends from (a hyperparameter study), recorded in the registry and
+            shown in the model card.
 
     Returns:
         The run's id, directory, and the result of each stage.
     """
     inputs = check_inputs(config)
-    run_dir, data, registry = create_run(config, inputs)
+    run_dir, data, registry = create_run(config, inputs, parent_run)
     rejected, not_sampled = left_out(
         json.loads(data.audit_path.read_text(encoding="utf-8"))["rejected_by_kind"]
     )
@@ -143,7 +146,9 @@ def _reward(config: RunConfig) -> Reward | None:
     return None if config.reward is None else build_reward(config.reward, config.registry_url)
 
 
-def create_run(config: RunConfig, inputs: RunInputs) -> tuple[RunDir, PreparedData, Registry]:
+def create_run(
+    config: RunConfig, inputs: RunInputs, parent_run: str | None = None
+) -> tuple[RunDir, PreparedData, Registry]:
     """Create a run: its data stage and resolved config in a staged directory, then its registry row (`running`).
 
     Raises:
@@ -159,7 +164,7 @@ def create_run(config: RunConfig, inputs: RunInputs) -> tuple[RunDir, PreparedDa
     run_dir, staged = build_run_dir(config.runs_dir, new_run_id(config.name), fill)
     data = dataclasses.replace(staged, directory=run_dir.data)
     registry = Registry(config.registry_url)
-    registry.create_run(run_dir, config.name, config.base_model, config.model_dump(mode="json"))
+    registry.create_run(run_dir, config.name, config.base_model, config.model_dump(mode="json"), parent_run)
     registry.log_metrics(
         run_dir.id,
         "data",
@@ -313,6 +318,183 @@ def compare_runs(runs: list[str], registry_url: str | None = None) -> list[dict[
     return rows
 
 
+@dataclass(frozen=True)
+class TuneResult:
+    """What `specialize tune` produced: the study and its trials, then (unless only searching) the best config,
+    its full run and the default config's, the learning curve and the study's report."""
+
+    study: str
+    study_dir: RunDir
+    search: StudyResult
+    best_config: Path | None = None
+    tuned: RunResult | None = None
+    default: RunResult | None = None
+    curve: tuple[CurvePoint, ...] = ()
+    report: Path | None = None
+
+
+CURVE_SHARES = (0.25, 0.5)  # of the tuned run's training examples; its own run is the 100% point
+
+
+def tune(
+    config: RunConfig | None,
+    budget_seconds: float | None,
+    trials: int | None = None,
+    storage: str | None = None,
+    workers: int = 1,
+    resume: str | None = None,
+    eval_every: int | None = None,
+    sample: int | None = None,
+    search_only: bool = False,
+    progress: bool = True,
+) -> TuneResult:
+    """`specialize tune`: search the `search:` space within a wall-time budget, then train the best config as a
+    full run next to the default config, with a learning curve, all children of the study in the registry.
+
+    The study is a run (`<name>-study-...`): the data are prepared once, in its `data/`; its trials are runs under
+    its `trials/` and its Optuna study lives in the registry's database, so that workers here and elsewhere share
+    it and `resume` continues it after an interrupt or a kill (the trial in flight is lost, and tried again).
+
+    Args:
+        config: the run config (None with `resume`: the study's own config is used).
+        budget_seconds: wall time of the search; with `resume`, None continues to the study's own deadline.
+        trials: most trials in the study (all workers together); None: as many as the budget allows.
+        storage: SQLAlchemy URL of the registry holding runs and study (PostgreSQL to share it across
+            machines); default: the config's registry.
+        workers: worker processes on this machine, each with its own copy of the model.
+        resume: a study's run id: continue it (or, with `search_only`, join it as more workers).
+        eval_every: training examples between evaluations of a trial (default: a quarter of the training split).
+        sample: validation examples the objective is computed on (default 200; 64 for generation).
+        search_only: run trials only; the process that started the study trains the best config.
+        progress: show progress bars.
+
+    Raises:
+        ConfigError: an unknown or completed study, or a continued study whose budget is spent.
+        TrainingError: no trial finished within the budget.
+    """
+    from specialize.search import apply, search_hyperparameters, space_of, study_result, write_best_config
+
+    if resume is not None:
+        _mirror_study(resume, storage)
+        run_dir, study_config, registry = open_run(resume, storage)
+        if registry.get_run(run_dir.id)["status"] == "completed":
+            raise ConfigError(
+                f"study {run_dir.id} is completed (report: {run_dir.root / 'search' / 'report.html'}); "
+                "start a new one with `specialize tune CONFIG`"
+            )
+        registry.set_status(run_dir.id, "running")
+        data, model_path = PreparedData.load(run_dir.data), resolve_model(study_config.base_model)
+    else:
+        if config is None:
+            raise ConfigError("specialize tune needs a run config, or --resume STUDY")
+        update = {"registry": storage} if storage else {}
+        base = config.model_copy(update=update)
+        study_config = base.model_copy(update={"name": f"{config.name}-study", "search": space_of(base)})
+        inputs = check_inputs(study_config)
+        run_dir, data, registry = create_run(study_config, inputs)
+        model_path = inputs.model_path
+    study = run_dir.id
+    try:
+        searched = search_hyperparameters(
+            study_config,
+            study,
+            run_dir.root,
+            data,
+            model_path,
+            study_config.registry_url,
+            budget_seconds,
+            trials,
+            workers,
+            resume=resume is not None,
+            eval_every=eval_every,
+            sample=sample,
+            progress=progress,
+        )
+        if search_only:
+            return TuneResult(study, run_dir, searched)
+        best = searched.best
+        if best is None:
+            raise TrainingError(
+                f"study {study}: no trial finished within the budget ({len(searched.trials)} started); give it "
+                f"more time with `specialize tune --resume {study} --budget 30m`, or shorten trials (a smaller "
+                "data.max_train_examples or train.epochs in search:)"
+            )
+        name = study_config.name.removesuffix("-study")
+        tuned_config = apply(study_config, best.params, name=f"{name}-tuned")
+        best_config = write_best_config(
+            tuned_config, study, best.number, run_dir.root / "search" / "best.yaml"
+        )
+        tuned = run(tuned_config, progress, parent_run=study)
+        default = run(apply(study_config, {}, name=f"{name}-default"), progress, parent_run=study)
+        curve = _learning_curve(study_config, best.params, tuned, name, study, progress)
+        from specialize.search import write_study_report
+
+        report = write_study_report(
+            run_dir.root,
+            study_result(study, study_config.registry_url),
+            study_config.registry_url,
+            best_config,
+            tuned.eval.report_path,
+            default.eval.report_path,
+            list(curve),
+        )
+        registry.add_artifact(study, "report", report)
+        registry.add_artifact(study, "best_config", best_config)
+    except BaseException as exc:
+        what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        registry.finish_run(study, "failed", error=f"{what}; continue with specialize tune --resume {study}")
+        raise
+    registry.finish_run(study, "completed")
+    return TuneResult(study, run_dir, searched, best_config, tuned, default, curve, report)
+
+
+def _mirror_study(study: str, storage: str | None) -> None:
+    """On a machine that does not see the study's directory (one joining it through a shared registry), make
+    the same directory here from the study's registry row: its config, and its data prepared again (the same
+    rows: the same files, the same seed). Trials run here keep their files here."""
+    from specialize.config import DEFAULT_REGISTRY
+
+    if (Path(study) / "config.resolved.yaml").is_file():
+        return
+    row = Registry(storage or DEFAULT_REGISTRY).get_run(study)
+    root = Path(row["run_dir"])
+    if root.exists():
+        return
+    config = RunConfig.model_validate(json.loads(row["config"]))
+    inputs = check_inputs(config)
+    log.info("study %s: its directory is not on this machine; preparing its data here in %s", study, root)
+
+    def fill(staging: RunDir) -> None:
+        prepare_data(config.data, _tokenizer(inputs), staging.data, config.seed, inputs.examples)
+        save_resolved(config, staging.config)
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    build_run_dir(root.parent, root.name, fill)
+
+
+def _learning_curve(
+    config: RunConfig, params: dict[str, Any], tuned: RunResult, name: str, study: str, progress: bool
+) -> tuple[CurvePoint, ...]:
+    """The tuned config on 25% and 50% of its training examples (fine-tuned system only), and its own run."""
+    from specialize.search import CurvePoint, apply
+
+    def point(share: float, result: RunResult) -> CurvePoint:
+        report = json.loads(result.eval.report_path.read_text(encoding="utf-8"))
+        low, high = report["significance"]["intervals"]["fine_tuned"]
+        value = report["systems"]["fine_tuned"][report["headline"]]
+        return CurvePoint(share, result.data.n_train, result.run_id, value, low, high)
+
+    points = []
+    for share in CURVE_SHARES:
+        n = max(round(share * tuned.data.n_train), config.eval.few_shot_k)
+        if n >= tuned.data.n_train:
+            continue
+        changes = {**params, "data.max_train_examples": n, "eval.systems": ["fine_tuned"]}
+        smaller = apply(config, changes, name=f"{name}-curve{round(share * 100)}")
+        points.append(point(share, run(smaller, progress, parent_run=study)))
+    return (*points, point(1.0, tuned))
+
+
 def _train_and_evaluate(
     config: RunConfig,
     run_dir: RunDir,
@@ -346,7 +528,7 @@ def _train_and_evaluate(
         )
         html = write_html_report(run_dir.root, f"specialize run {run_id}")
         registry.add_artifact(run_id, "report", html)
-        write_model_card(run_dir, config, data, trained, report)
+        write_model_card(run_dir, config, data, trained, report, registry.get_run(run_id)["parent_run"])
         registry.add_artifact(run_id, "model_card", run_dir.model_card)
     except BaseException as exc:
         registry.finish_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}")
@@ -399,7 +581,12 @@ def _sha256(path: Path) -> str:
 
 
 def write_model_card(
-    run_dir: RunDir, config: RunConfig, data: PreparedData, trained: TrainResult, report: EvalReport
+    run_dir: RunDir,
+    config: RunConfig,
+    data: PreparedData,
+    trained: TrainResult,
+    report: EvalReport,
+    parent_run: str | None = None,
 ) -> None:
     """`model_card.md`: base model, data hashes, method, hyperparameters, metrics and lineage."""
     from specialize.evaluate.report import comparison_text
@@ -441,7 +628,7 @@ Fine-tuned by specialize from **{config.base_model}**.
 {comparison}
 
 ## Lineage
-- parent run: none
+- parent run: {parent_run or "none"}
 - full configuration: `config.resolved.yaml`
 """
     write_atomic(run_dir.model_card, card)

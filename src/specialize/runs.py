@@ -163,7 +163,15 @@ class Registry:
         )
         meta.create_all(self.engine)
 
-    def create_run(self, run: RunDir, name: str, base_model: str, config: dict[str, Any]) -> None:
+    def create_run(
+        self,
+        run: RunDir,
+        name: str,
+        base_model: str,
+        config: dict[str, Any],
+        parent_run: str | None = None,
+    ) -> None:
+        """A run's row, status `running`; `parent_run` is the run it descends from (a trial's study, say)."""
         with self.engine.begin() as conn:
             conn.execute(
                 self.runs.insert().values(
@@ -172,6 +180,7 @@ class Registry:
                     status="running",
                     base_model=base_model,
                     run_dir=str(run.root.resolve()),
+                    parent_run=parent_run,
                     config=json.dumps(config),
                     created_at=now(),
                 )
@@ -236,9 +245,13 @@ class Registry:
             raise RunNotFoundError(f"no run {run_id!r} in the registry; `specialize runs` lists the runs")
         return dict(row)
 
-    def list_runs(self) -> list[dict[str, Any]]:
+    def list_runs(self, parent_run: str | None = None) -> list[dict[str, Any]]:
+        """Every run, oldest first; with `parent_run`, only its children (a study's trials and runs)."""
+        query = self.runs.select().order_by(self.runs.c.created_at)
+        if parent_run is not None:
+            query = query.where(self.runs.c.parent_run == parent_run)
         with self.engine.connect() as conn:
-            rows = conn.execute(self.runs.select().order_by(self.runs.c.created_at)).mappings().all()
+            rows = conn.execute(query).mappings().all()
         return [dict(r) for r in rows]
 
     def get_metrics(self, run_id: str, stage: str | None = None) -> list[dict[str, Any]]:

@@ -40,6 +40,97 @@ def _print_report(title: str, report_path: Path, noun: str = "examples") -> None
     print(f"report: {html if html.exists() else report_path}")
 
 
+def tune(
+    config_path: Path | None,
+    overrides: list[str],
+    *,
+    budget: str | None,
+    trials: int | None,
+    storage: str | None,
+    workers: int,
+    resume: str | None,
+    search_only: bool,
+    eval_every: int | None,
+    sample: int | None,
+    progress: bool,
+) -> int:
+    from specialize.config import load_config
+    from specialize.errors import ConfigError
+    from specialize.evaluate.report import comparison_text
+    from specialize.pipeline import tune as tune_study
+    from specialize.search import trials_table
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for flag, value in (
+        ("--trials", trials),
+        ("--workers", workers),
+        ("--eval-every", eval_every),
+        ("--sample", sample),
+    ):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be at least 1 (got {value})")
+    if resume is None and budget is None:
+        raise ConfigError("specialize tune needs --budget, e.g. --budget 45m (the wall time of the search)")
+    if resume is None and config_path is None:
+        raise ConfigError("specialize tune needs a run YAML, or --resume STUDY to continue a study")
+    if resume is not None and overrides:
+        raise ConfigError(
+            "--set does not apply with --resume: a study goes on with the config it started with"
+        )
+    if resume is not None and config_path is not None:
+        print(f"note: --resume goes on with study {resume}'s own config; {config_path} is not read")
+    config = load_config(config_path, overrides) if resume is None else None
+    result = tune_study(
+        config,
+        parse_duration(budget) if budget else None,
+        trials=trials,
+        storage=storage,
+        workers=workers,
+        resume=resume,
+        eval_every=eval_every,
+        sample=sample,
+        search_only=search_only,
+        progress=progress,
+    )
+    print(f"\nstudy {result.study}: {len(result.search.trials)} trials, objective {result.search.metric}")
+    print(_table(*trials_table(result.search)))
+    if result.best_config is None or result.tuned is None or result.default is None:
+        return 0
+    print(f"\nbest config: {result.best_config}")
+    for title, run_result in (("tuned config", result.tuned), ("default config", result.default)):
+        report = json.loads(run_result.eval.report_path.read_text(encoding="utf-8"))
+        print(f"\n{title}, run {run_result.run_id}: {report['n_examples']} validation examples")
+        print(comparison_text(report))
+    print("\nlearning curve (fine-tuned, validation):")
+    print(
+        _table(
+            ["share", "training examples", result.search.metric, "95% CI"],
+            [
+                [f"{p.fraction:.0%}", str(p.train_examples), f"{p.value:.4f}", f"{p.low:.3f}-{p.high:.3f}"]
+                for p in result.curve
+            ],
+        )
+    )
+    print(f"report: {result.report}")
+    return 0
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as 45m, 1h30m, 90s or 1.5h."""
+    import re
+
+    from specialize.errors import ConfigError
+
+    parts = re.fullmatch(r"\s*((?:\d+(?:\.\d+)?[hms]\s*)+)", text)
+    if not parts:
+        raise ConfigError(f"--budget {text!r}: give a duration with a unit, e.g. 45m, 1h30m or 600s")
+    scale = {"h": 3600, "m": 60, "s": 1}
+    seconds = sum(float(n) * scale[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)([hms])", parts.group(1)))
+    if seconds <= 0:
+        raise ConfigError(f"--budget {text!r}: the budget must be more than zero")
+    return seconds
+
+
 def train_resume(run_ref: str, registry_url: str | None, progress: bool) -> int:
     from specialize.pipeline import resume
 

@@ -39,6 +39,52 @@ def _parser() -> argparse.ArgumentParser:
         help="override a config value, e.g. --set train.learning_rate=1e-4 (repeatable)",
     )
 
+    tune = sub.add_parser(
+        "tune",
+        help="search hyperparameters within a time budget, then train the best config next to the default",
+        description="An Optuna study (TPE, successive-halving pruning) over the config's search: section (or a default "
+        "space), scored by the task's headline metric on a validation sample. The best config is then trained "
+        "as a full run next to the default config, with a learning curve; --budget bounds the search, those "
+        "runs come after it.",
+    )
+    tune.add_argument("config", nargs="?", type=Path, help="run YAML (not read with --resume)")
+    tune.add_argument(
+        "--budget",
+        metavar="TIME",
+        help="wall time of the search, e.g. 45m, 1h30m, 600s (required for a new study)",
+    )
+    tune.add_argument(
+        "--trials", type=int, metavar="N", help="most trials in the study (default: the budget's)"
+    )
+    tune.add_argument(
+        "--storage",
+        metavar="URL",
+        help="SQLAlchemy URL of the registry holding runs and study (PostgreSQL to share)",
+    )
+    tune.add_argument("--workers", type=int, default=1, metavar="K", help="worker processes on this machine")
+    tune.add_argument(
+        "--resume",
+        metavar="STUDY",
+        help="continue a study (its run id or directory) after an interrupt or kill",
+    )
+    tune.add_argument(
+        "--search-only",
+        action="store_true",
+        help="only run trials (e.g. joining a study from another machine)",
+    )
+    tune.add_argument("--eval-every", type=int, metavar="N", help="training examples between evaluations")
+    tune.add_argument(
+        "--sample", type=int, metavar="N", help="validation examples the objective is scored on"
+    )
+    tune.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value (repeatable)",
+    )
+
     t = sub.add_parser("train", help="continue a stopped run from its last checkpoint, then evaluate it")
     t.add_argument("--resume", required=True, metavar="RUN", help="run id, or the path of a run directory")
     t.add_argument("--registry", help="SQLAlchemy URL of the registry holding the run")
@@ -220,6 +266,20 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if args.command == "run":
         return commands.run(args.config or BUNDLED_EXAMPLE, args.overrides, progress=not args.quiet)
+    if args.command == "tune":
+        return commands.tune(
+            args.config,
+            args.overrides,
+            budget=args.budget,
+            trials=args.trials,
+            storage=args.storage,
+            workers=args.workers,
+            resume=args.resume,
+            search_only=args.search_only,
+            eval_every=args.eval_every,
+            sample=args.sample,
+            progress=not args.quiet,
+        )
     if args.command == "train":
         return commands.train_resume(args.resume, args.registry, progress=not args.quiet)
     if args.command == "eval":

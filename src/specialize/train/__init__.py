@@ -7,7 +7,7 @@ Reads the prepared `data/train.jsonl` and `data/validation.jsonl` of a run, writ
 The rewards the on-policy methods learn from, which evaluation reports too, are in `rewards.py` and `judge.py`.
 """
 
-from specialize.train.loop import RESULT_FILE, SAMPLES_FILE, TrainResult, train
+from specialize.train.loop import RESULT_FILE, SAMPLES_FILE, Preloaded, TrainResult, train
 from specialize.train.objective import METHODS, Objective, check_rows
 from specialize.train.rewards import (
     Reward,
@@ -25,6 +25,7 @@ __all__ = [
     "RESULT_FILE",
     "SAMPLES_FILE",
     "Objective",
+    "Preloaded",
     "Reward",
     "Scored",
     "TrainResult",

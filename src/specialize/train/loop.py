@@ -16,7 +16,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +36,21 @@ log = logging.getLogger(__name__)
 RESULT_FILE = "result.json"
 SAMPLES_FILE = "samples.jsonl"
 MetricsSink = Callable[[int, dict[str, float]], None]
+EvaluationHook = Callable[[int, Any], None]
+
+
+@dataclass
+class Preloaded:
+    """A base model and tokenizer kept in memory across trainings (a search worker's), and the rows encoded so far.
+
+    `train` puts its adapter on `model` and takes it off again when it returns or fails; full fine-tuning puts
+    the weights back. Encoded rows are kept by method and row: a sequence depends on the tokenizer alone, and a
+    DPO pair's reference scores on the base model, both the same for every training on this model.
+    """
+
+    model: Any
+    tokenizer: Any
+    encoded: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -77,6 +92,9 @@ def train(
     resume: bool = False,
     placement: Placement | None = None,
     reward: Reward | None = None,
+    preloaded: Preloaded | None = None,
+    evaluate_every: int | None = None,
+    on_evaluation: EvaluationHook | None = None,
 ) -> TrainResult:
     """Fine-tune the model at `model_path` on a prepared training split.
 
@@ -93,6 +111,11 @@ def train(
         placement: device and precision, as the pipeline chose them when it checked the run; default: chosen
             here from `config.device` and `config.precision`.
         reward: what an on-policy method (`online_dpo`, `grpo`) scores its samples with (`rewards.build_reward`).
+        preloaded: a base model already in memory (a search worker's), trained instead of loading
+            `model_path`, and given back as it came: its adapter removed, or its weights restored.
+        evaluate_every: call `on_evaluation` every this many steps, and at the last step.
+        on_evaluation: called with (step, model in eval mode); raising from it stops training (a search
+            prunes a trial that way).
 
     Returns:
         The path of the adapter (or full model) and the training figures.
@@ -102,27 +125,84 @@ def train(
         TrainingError: when the loss becomes NaN or infinite, naming what to change.
     """
     import torch
-    from tqdm.auto import tqdm
 
     from specialize.models import load_model
-    from specialize.train import checkpoint
-    from specialize.train.batching import computed_tokens, length_grouped_batches
-    from specialize.train.fused_lora import fused_lora
     from specialize.train.placement import choose_placement
-    from specialize.train.resources import check_resources, estimate_memory
 
     placement = placement or choose_placement(config.device, config.precision)
     log.info("training on %s", placement.describe())
     torch.manual_seed(seed)
     rng = random.Random(seed)
     method = METHODS[config.method]
-    model, tokenizer = load_model(model_path, scalar_head=method.scalar_head)
+    if (
+        method.scalar_head
+    ):  # a reward model needs the base with a scalar head, not the preloaded language model
+        preloaded = None
+    base, tokenizer = (
+        (preloaded.model, preloaded.tokenizer)
+        if preloaded
+        else load_model(model_path, scalar_head=method.scalar_head)
+    )
+    weights = None
+    if preloaded is not None and config.adapter is None:
+        weights = {k: v.detach().clone() for k, v in base.state_dict().items()}
     # The adapter is drawn on the CPU, then moved: the same seed gives the same start on any device.
-    model = _prepare_model(model, config, method.scalar_head).to(placement.device)
+    model = _prepare_model(base.cpu() if preloaded else base, config, method.scalar_head).to(placement.device)
+    try:
+        return _train_loop(
+            config,
+            model,
+            tokenizer,
+            train_file,
+            validation_file,
+            out_dir,
+            rng,
+            on_metrics,
+            progress,
+            resume,
+            placement,
+            preloaded,
+            evaluate_every,
+            on_evaluation,
+            reward,
+        )
+    finally:
+        if weights is not None:
+            base.load_state_dict(weights)
+        elif preloaded is not None:
+            preloaded.model = model.unload()  # the adapter's layers out, the base's back in place
+
+
+def _train_loop(
+    config: TrainConfig,
+    model: Any,
+    tokenizer: Any,
+    train_file: Path,
+    validation_file: Path,
+    out_dir: Path,
+    rng: random.Random,
+    on_metrics: MetricsSink | None,
+    progress: bool,
+    resume: bool,
+    placement: Placement,
+    preloaded: Preloaded | None,
+    evaluate_every: int | None,
+    on_evaluation: EvaluationHook | None,
+    reward: Reward | None,
+) -> TrainResult:
+    import torch
+    from tqdm.auto import tqdm
+
+    from specialize.train import checkpoint
+    from specialize.train.batching import computed_tokens, length_grouped_batches
+    from specialize.train.fused_lora import fused_lora
+    from specialize.train.resources import check_resources, estimate_memory
+
     objective = objective_for(config, tokenizer.pad_token_id, reward)
+    cache = preloaded.encoded if preloaded is not None else None
     with placement.autocast():  # DPO scores its reference here
-        train_set = objective.encode(model, tokenizer, read_prepared(train_file))
-        val_set = objective.encode(model, tokenizer, read_prepared(validation_file))
+        train_set = _encode(objective, model, tokenizer, read_prepared(train_file), config.method, cache)
+        val_set = _encode(objective, model, tokenizer, read_prepared(validation_file), config.method, cache)
     lengths = [objective.length(e) for e in train_set]
     params = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in params)
@@ -216,6 +296,11 @@ def train(
                 metrics_file.flush()
                 if on_metrics:
                     on_metrics(step, row)
+            if on_evaluation is not None and evaluate_every and (step % evaluate_every == 0 or step == steps):
+                model.eval()
+                with placement.autocast():
+                    on_evaluation(step, model)
+                model.train()
             if stopped_early:
                 log.info(
                     "early stopping at step %d: validation loss did not improve for %d evaluations",
@@ -259,6 +344,25 @@ def train(
     )
     result.save(out_dir / RESULT_FILE)
     return result
+
+
+def _encode(
+    objective: Any,
+    model: Any,
+    tokenizer: Any,
+    rows: list[dict[str, Any]],
+    method: str,
+    cache: dict[str, Any] | None,
+) -> list[Any]:
+    """The rows as the objective's examples; with a cache, only rows not encoded before are."""
+    if cache is None:
+        return list(objective.encode(model, tokenizer, rows))
+    keys = [method + "\n" + json.dumps(row, sort_keys=True) for row in rows]
+    missing = {key: row for key, row in zip(keys, rows, strict=True) if key not in cache}
+    if missing:
+        encoded = objective.encode(model, tokenizer, list(missing.values()))
+        cache.update(zip(missing, encoded, strict=True))
+    return [cache[key] for key in keys]
 
 
 def _track_best(

@@ -1,0 +1,233 @@
+"""The search stage: an Optuna study over the `search:` space, in the registry's database, within a wall-time
+budget; its trials are runs whose parent is the study.
+
+Reads the study run's prepared data (`data/`), writes `search/validation_sample.jsonl` (the rows every trial is
+scored on) and the trials' runs under `trials/`. `search_hyperparameters` starts or continues the study, runs
+`workers` worker processes (`worker.py`) until the deadline or the number of trials, and returns every trial.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from specialize.config import RunConfig
+from specialize.data import PreparedData, read_prepared
+from specialize.data.split import seeded_sample
+from specialize.errors import ConfigError
+from specialize.runs import write_atomic
+from specialize.search.metric import GENERATION_SAMPLE, SAMPLE, headline, task_of
+from specialize.search.worker import SAMPLE_FILE, StudyJob, recover_lost_trials, run_worker, storage_for
+
+log = logging.getLogger(__name__)
+
+EVALUATIONS_PER_EPOCH = 4  # default evaluation interval: a quarter of the training split
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    """One trial as the trials table shows it."""
+
+    number: int
+    run: str | None
+    state: str  # completed, pruned, failed, not started, running, queued
+    value: float | None
+    params: dict[str, Any]
+    steps: int | None
+    seconds: float | None
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """Every trial of a study, and what they were scored by."""
+
+    study: str
+    metric: str
+    maximize: bool
+    trials: list[TrialRow]
+    eval_every: int
+    sample: int
+
+    @property
+    def best(self) -> TrialRow | None:
+        done = [t for t in self.trials if t.state == "completed" and t.value is not None]
+        if not done:
+            return None
+        return (max if self.maximize else min)(done, key=lambda t: t.value or 0.0)
+
+
+def search_hyperparameters(
+    config: RunConfig,
+    study: str,
+    study_dir: Path,
+    data: PreparedData,
+    model_path: Path,
+    storage: str,
+    budget_seconds: float | None,
+    max_trials: int | None = None,
+    workers: int = 1,
+    resume: bool = False,
+    eval_every: int | None = None,
+    sample: int | None = None,
+    progress: bool = False,
+) -> StudyResult:
+    """Start (or continue) the study `study` and run trials until the budget or the number of trials is spent.
+
+    Args:
+        config: the study's config, its `search:` space filled in (`space.space_of`).
+        study: the study run's id; the Optuna study has the same name.
+        study_dir: the study run's directory, its data stage done.
+        data: the study's prepared data.
+        model_path: the base model's directory.
+        storage: SQLAlchemy URL of the registry, which holds the study.
+        budget_seconds: wall time from now; None when continuing: what is left of the study's own deadline.
+        max_trials: trials in the whole study (all workers, earlier sessions included); None: no limit.
+        workers: worker processes on this machine, each with its own copy of the model.
+        resume: continue the existing study instead of creating it.
+        eval_every: training examples between a trial's evaluations (default: a quarter of the training split).
+        sample: validation examples the objective is computed on (default 200; 64 for generation).
+        progress: show the training progress bar of this process's trials.
+
+    Raises:
+        ConfigError: continuing a study whose deadline has passed without a new budget, or one not found.
+    """
+    import optuna
+
+    search_dir = study_dir / "search"
+    search_dir.mkdir(exist_ok=True)
+    if resume:
+        try:
+            opened = optuna.load_study(study_name=study, storage=storage_for(storage))
+        except KeyError:
+            raise ConfigError(
+                f"--resume {study}: no such study in {storage}; `specialize runs` lists the studies (*-study-*)"
+            ) from None
+        attrs = opened.user_attrs
+        deadline = time.time() + budget_seconds if budget_seconds is not None else attrs["deadline"]
+        if deadline <= time.time():
+            raise ConfigError(
+                f"study {study}: its budget was spent; give it more time with --budget, e.g. --budget 30m"
+            )
+        if max_trials is None:
+            max_trials = attrs.get("max_trials")
+        if not (search_dir / SAMPLE_FILE).exists():  # a study directory made again on another machine
+            _write_sample(search_dir, data, int(attrs["sample"]), config.seed)
+    else:
+        task = task_of(read_prepared(data.validation_path), data.labels)
+        size = sample or (GENERATION_SAMPLE if task == "generation" else SAMPLE)
+        chosen = _write_sample(search_dir, data, size, config.seed)
+        name, maximize = headline(task, chosen)
+        opened = optuna.create_study(
+            study_name=study, storage=storage_for(storage), direction="maximize" if maximize else "minimize"
+        )
+        deadline = time.time() + (budget_seconds or 0.0)
+        attrs = {
+            "metric": name,
+            "eval_every": eval_every or max(1, data.n_train // EVALUATIONS_PER_EPOCH),
+            "sample": len(chosen),
+        }
+        for key, value in attrs.items():
+            opened.set_user_attr(key, value)
+    opened.set_user_attr("deadline", deadline)
+    opened.set_user_attr("max_trials", max_trials)
+    job = StudyJob(
+        study=study,
+        storage=storage,
+        config=config,
+        study_dir=study_dir,
+        model_path=model_path,
+        labels=data.labels,
+        deadline=deadline,
+        max_trials=max_trials,
+        eval_every=int(attrs["eval_every"]),
+        n_train=data.n_train,
+    )
+    _run_workers(job, workers, progress)
+    recover_lost_trials(opened, storage)  # a worker process that died leaves no trial running
+    return study_result(study, storage)
+
+
+def _write_sample(search_dir: Path, data: PreparedData, size: int, seed: int) -> list[dict[str, Any]]:
+    """The validation rows every trial is scored on: a seeded sample, the same wherever it is drawn."""
+    chosen = seeded_sample(read_prepared(data.validation_path), size, seed)
+    write_atomic(search_dir / SAMPLE_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in chosen))
+    return chosen
+
+
+def _run_workers(job: StudyJob, workers: int, progress: bool) -> None:
+    """This process is worker 0; the others are spawned (a fresh interpreter each: no forked torch state)."""
+    import multiprocessing
+
+    if workers <= 1:
+        run_worker(job, 0, None, progress)
+        return
+    context = multiprocessing.get_context("spawn")
+    ready = context.Barrier(workers)
+    children = [context.Process(target=run_worker, args=(job, i, ready)) for i in range(1, workers)]
+    for child in children:
+        child.start()
+    finished = False
+    try:
+        run_worker(job, 0, ready, progress)
+        finished = True
+    finally:
+        for child in children:
+            if not finished:  # an interrupt: the others' trials in flight are lost too, and found on resume
+                child.terminate()
+            child.join()
+            if child.exitcode:
+                log.warning("search worker %s ended with exit code %s", child.pid, child.exitcode)
+
+
+def study_result(study: str, storage: str) -> StudyResult:
+    """Every trial of the study, read back from its storage."""
+    import optuna
+    from optuna.trial import TrialState
+
+    opened = optuna.load_study(study_name=study, storage=storage_for(storage))
+    states = {
+        TrialState.COMPLETE: "completed",
+        TrialState.PRUNED: "pruned",
+        TrialState.FAIL: "failed",
+        TrialState.RUNNING: "running",
+        TrialState.WAITING: "queued",
+    }
+    rows = []
+    for t in opened.get_trials(deepcopy=False):
+        attrs = t.user_attrs
+        reason = attrs.get("reason")
+        state = states[t.state]
+        if state == "failed" and str(reason).startswith("not started"):
+            state = "not started"
+        value = t.value if t.value is not None else _last(t.intermediate_values)
+        rows.append(
+            TrialRow(
+                t.number,
+                attrs.get("run"),
+                state,
+                value,
+                dict(t.params),
+                attrs.get("steps"),
+                attrs.get("seconds"),
+                reason,
+            )
+        )
+    u = opened.user_attrs
+    return StudyResult(
+        study,
+        u["metric"],
+        opened.direction == optuna.study.StudyDirection.MAXIMIZE,
+        rows,
+        int(u["eval_every"]),
+        int(u["sample"]),
+    )
+
+
+def _last(values: dict[int, float]) -> float | None:
+    """A pruned trial's value: its last evaluation."""
+    return values[max(values)] if values else None

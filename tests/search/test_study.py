@@ -1,0 +1,126 @@
+"""`specialize tune` on the tiny model: a study within its budget, then the winner next to the default config,
+a learning curve and the study's report; pruning happens on the validation metric and is recorded."""
+
+from __future__ import annotations
+
+import datetime
+
+import yaml
+from studies import load_trials, study_config, the_study
+
+from specialize.cli.main import main
+from specialize.config import load_config, load_resolved
+from specialize.runs import Registry
+
+
+def test_a_study_keeps_to_its_budget_then_trains_the_best_config_next_to_the_default(
+    tmp_path, tiny_model_dir, capsys
+):
+    config = load_config(path := study_config(tmp_path, tiny_model_dir))
+    assert main(["--quiet", "tune", str(path), "--budget", "30s", "--eval-every", "12"]) == 0
+    out = capsys.readouterr().out
+
+    registry = Registry(config.registry_url)
+    study = the_study(registry)
+    assert study["status"] == "completed"
+    trials = load_trials(study["id"], config.registry_url)
+    ran = [t for t in trials if t.user_attrs.get("run")]
+    assert any(t.state.name == "COMPLETE" for t in ran), "a trial fits in the budget"
+    deadline = datetime.datetime.fromtimestamp(
+        load_trials_deadline(study["id"], config.registry_url), datetime.UTC
+    )
+    deadline = deadline.replace(tzinfo=None)
+    interval = max(t.user_attrs["seconds"] / max(t.user_attrs["evaluations"], 1) for t in ran)
+    for t in ran:
+        assert t.datetime_start.astimezone(datetime.UTC).replace(tzinfo=None) < deadline, (
+            "no trial starts late"
+        )
+        overrun = (
+            t.datetime_complete.astimezone(datetime.UTC).replace(tzinfo=None) - deadline
+        ).total_seconds()
+        assert overrun <= interval + 3, "the study ends within one evaluation interval of its budget"
+
+    children = {r["name"]: r for r in registry.list_runs(parent_run=study["id"])}
+    assert sum(r["name"] == "tiny-trial" for r in registry.list_runs(parent_run=study["id"])) == len(ran)
+    assert {"tiny-tuned", "tiny-default", "tiny-curve25", "tiny-curve50"} <= set(children)
+    assert all(r["status"] == "completed" for name, r in children.items() if name != "tiny-trial")
+    tuned_dir = config.runs_dir / children["tiny-tuned"]["id"]
+    assert f"parent run: {study['id']}" in (tuned_dir / "model_card.md").read_text()
+
+    study_dir = config.runs_dir / study["id"]
+    best = load_config(study_dir / "search" / "best.yaml")  # a config `specialize run` takes as it is
+    [winner] = [
+        t
+        for t in trials
+        if t.number == yaml.safe_load((study_dir / "search" / "summary.json").read_text())["best_trial"]
+    ]
+    assert best.train.learning_rate == winner.params["train.learning_rate"]
+    assert best.train.lora.rank == winner.params["train.lora.rank"] and best.search is None
+    assert load_resolved(tuned_dir / "config.resolved.yaml").train == best.train
+    html = (study_dir / "search" / "report.html").read_text()
+    for section in ("Trials", "Optimisation history", "Tuned and default config", "Learning curve"):
+        assert f"<h2>{section}" in html
+    assert "train.learning_rate" in out and "learning curve" in out and "tuned config" in out
+
+
+def load_trials_deadline(study: str, url: str) -> float:
+    import optuna
+
+    return float(optuna.load_study(study_name=study, storage=url).user_attrs["deadline"])
+
+
+def test_pruning_stops_poor_trials_early_and_the_registry_says_where_and_why(
+    tmp_path, tiny_model_dir, capsys
+):
+    # Plain text: the objective is the validation loss, which tells a learning rate that learns from one that
+    # does not at the first evaluation.
+    path = study_config(
+        tmp_path,
+        tiny_model_dir,
+        text=True,
+        train={"max_steps": None, "epochs": 2, "batch_size": 4, "log_every": 100},
+        search={"train.learning_rate": {"choice": [3e-2, 1e-6]}},
+    )
+    config = load_config(path)
+    args = [
+        "--quiet",
+        "tune",
+        str(path),
+        "--budget",
+        "5m",
+        "--trials",
+        "6",
+        "--eval-every",
+        "8",
+        "--search-only",
+    ]
+    assert main(args) == 0
+    registry = Registry(config.registry_url)
+    study = the_study(registry)
+    trials = load_trials(study["id"], config.registry_url)
+    pruned = [t for t in trials if t.state.name == "PRUNED"]
+    assert len(trials) == 6 and pruned, "a learning rate of 1e-6 loses to 3e-2 at the first rung"
+    for t in pruned:
+        row = registry.get_run(t.user_attrs["run"])
+        assert row["status"] == "pruned" and row["parent_run"] == study["id"]
+        assert row["error"].startswith(
+            f"pruned at step {t.user_attrs['steps']} of {t.user_attrs['steps_planned']}"
+        )
+        [step] = [m["value"] for m in registry.get_metrics(row["id"], "search") if m["name"] == "pruned_step"]
+        assert step == t.user_attrs["steps"] < t.user_attrs["steps_planned"]
+        assert t.params["train.learning_rate"] == 1e-6
+    assert "pruned at step" in capsys.readouterr().out
+
+
+def test_a_trial_that_cannot_train_fails_alone_and_the_study_goes_on(tmp_path, tiny_model_dir, capsys):
+    # A batch of a billion examples is refused before its first step (memory): that trial fails, not the study.
+    path = study_config(tmp_path, tiny_model_dir, search={"train.batch_size": {"choice": [4, 10**9]}})
+    assert main(["--quiet", "tune", str(path), "--budget", "5m", "--trials", "4", "--search-only"]) == 0
+    config = load_config(path)
+    registry = Registry(config.registry_url)
+    trials = load_trials(the_study(registry)["id"], config.registry_url)
+    failed = [t for t in trials if t.state.name == "FAIL" and "run" in t.user_attrs]
+    assert failed and all(t.params["train.batch_size"] == 10**9 for t in failed)
+    assert all(t.user_attrs["reason"].startswith("ResourceError") for t in failed)
+    assert all(registry.get_run(t.user_attrs["run"])["status"] == "failed" for t in failed)
+    assert any(t.state.name == "COMPLETE" for t in trials)
