@@ -59,18 +59,19 @@ class RunInputs:
     examples: tuple[list[Example], list[Example] | None]
 
 
-def run(config: RunConfig, progress: bool = True) -> RunResult:
+def run(config: RunConfig, progress: bool = True, parent_run: str | None = None) -> RunResult:
     """Prepare data, fine-tune, evaluate against the base model, and report.
 
     Args:
         config: a validated run config (see `specialize.config.load_config`).
         progress: show progress bars.
+        parent_run: the run this one was derived from (a retrained child's parent), recorded as its lineage.
 
     Returns:
         The run's id, directory, and the result of each stage.
     """
     inputs = check_inputs(config)
-    run_dir, data, registry = create_run(config, inputs)
+    run_dir, data, registry = create_run(config, inputs, parent_run)
     log.info(
         "run %s: %d training, %d validation examples, %d rejected",
         run_dir.id,
@@ -115,7 +116,9 @@ def check_inputs(config: RunConfig) -> RunInputs:
     return RunInputs(resolve_model(config.base_model), placement, examples)
 
 
-def create_run(config: RunConfig, inputs: RunInputs) -> tuple[RunDir, PreparedData, Registry]:
+def create_run(
+    config: RunConfig, inputs: RunInputs, parent_run: str | None = None
+) -> tuple[RunDir, PreparedData, Registry]:
     """Create a run: its data stage and resolved config in a staged directory, then its registry row (`running`).
 
     Raises:
@@ -131,7 +134,9 @@ def create_run(config: RunConfig, inputs: RunInputs) -> tuple[RunDir, PreparedDa
     run_dir, staged = build_run_dir(config.runs_dir, new_run_id(config.name), fill)
     data = dataclasses.replace(staged, directory=run_dir.data)
     registry = Registry(config.registry_url)
-    registry.create_run(run_dir, config.name, config.base_model, config.model_dump(mode="json"))
+    registry.create_run(
+        run_dir, config.name, config.base_model, config.model_dump(mode="json"), parent_run=parent_run
+    )
     registry.log_metrics(
         run_dir.id,
         "data",
@@ -304,7 +309,7 @@ def _train_and_evaluate(
         )
         html = write_html_report(run_dir.root, f"specialize run {run_id}")
         registry.add_artifact(run_id, "report", html)
-        write_model_card(run_dir, config, data, trained, report)
+        write_model_card(run_dir, config, data, trained, report, registry.get_run(run_id)["parent_run"])
         registry.add_artifact(run_id, "model_card", run_dir.model_card)
     except BaseException as exc:
         registry.finish_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}")
@@ -353,7 +358,12 @@ def _sha256(path: Path) -> str:
 
 
 def write_model_card(
-    run_dir: RunDir, config: RunConfig, data: PreparedData, trained: TrainResult, report: EvalReport
+    run_dir: RunDir,
+    config: RunConfig,
+    data: PreparedData,
+    trained: TrainResult,
+    report: EvalReport,
+    parent_run: str | None = None,
 ) -> None:
     """`model_card.md`: base model, data hashes, method, hyperparameters, metrics and lineage."""
     from specialize.evaluate.report import comparison_text
@@ -387,7 +397,7 @@ Fine-tuned by specialize from **{config.base_model}**.
 {comparison}
 
 ## Lineage
-- parent run: none
+- parent run: {parent_run or "none"}
 - full configuration: `config.resolved.yaml`
 """
     write_atomic(run_dir.model_card, card)
