@@ -73,3 +73,9 @@ class ExportError(SpecializeError):
     """A finished run cannot be exported as asked (format, architecture, output folder)."""
 
     exit_code = 9
+
+
+class PromotionError(SpecializeError):
+    """A run may not be moved behind an alias: the gate refused it, or there is nothing to roll back to."""
+
+    exit_code = 10
