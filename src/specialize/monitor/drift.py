@@ -30,12 +30,14 @@ drift.
    `far_quantile` (5%), so with no drift about 5% of requests are far by construction. The test is a one-sided
    binomial test of the far share against the calibrated share; the effect is the excess. Default 0.1: ten more
    requests in a hundred that look like nothing the model was trained on.
-4. Classification only (`label_shift`): the labels the model answered against the training labels, with answers
-   that name no label as a category of their own. The effect is the total variation distance (the share of
-   answers that would have to change label to match) minus its mean under sampling from the training
-   distribution; the p-value is a Monte Carlo multinomial test (2,000 draws), which needs no minimum count per
-   label as the chi-square test does. The model's own confusions add to the distance even without drift, which is
-   why the default threshold, 0.15, sits above what a model that deserves serving shows on held-out data.
+4. Classification only (`label_shift`): the labels the model answered against the training labels. Answers that
+   name no label are not a label: their share is reported beside the test (it is answer quality, and counting it
+   as a category would flag any model that rambles, drift or not). The effect is the total variation distance
+   (the share of answers that would have to change label to match) minus its mean under sampling from the
+   training distribution, a bias that is large for many labels (about 0.15 for 500 answers over 77 labels); the
+   p-value is a Monte Carlo multinomial test (2,000 draws), which needs no minimum count per label as the
+   chi-square test does. The model's own confusions add to the distance even without drift, which is why the
+   default threshold, 0.15, sits above what a model that deserves serving shows on held-out data.
 """
 
 from __future__ import annotations
@@ -54,7 +56,6 @@ LABEL_DRAWS = 2000
 REFERENCE_CAP = 3000  # training prompts taken as the reference (a seeded sample beyond this)
 CALIBRATION_CAP = 1000
 TEMPLATE_SHARE = 0.9
-NO_LABEL = "(no label)"
 
 
 @dataclass(frozen=True)
@@ -262,34 +263,42 @@ def _nearest(queries: Any, reference: Any, exclude: np.ndarray | None = None) ->
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def label_shift(config: DriftConfig, answers: list[str], training_labels: list[str], seed: int) -> DriftTest:
-    """Test 4: the labels answered against the training labels (Monte Carlo multinomial test of the TVD)."""
+def label_shift(
+    config: DriftConfig, answers: list[str], training_labels: list[str], seed: int
+) -> DriftTest | None:
+    """Test 4: the labels answered against the training labels (Monte Carlo multinomial test of the TVD).
+
+    Only answers that name a label count (any capitalisation, a final full stop allowed); the share that names
+    none is reported beside it. None when fewer than `drift.min_requests` answers name a label.
+    """
     labels = sorted(set(training_labels))
     by_text = {label.strip().lower(): label for label in labels}
-    answered = [by_text.get(a.strip().strip(".").strip().lower(), NO_LABEL) for a in answers]
-    categories = [*labels, NO_LABEL]
+    named = [by_text.get(a.strip().strip(".").strip().lower()) for a in answers]
+    answered = [label for label in named if label is not None]
+    if len(answered) < config.min_requests:
+        return None
     train_counts = Counter(training_labels)
-    expected = np.array([train_counts[c] for c in categories], dtype=float)
+    expected = np.array([train_counts[c] for c in labels], dtype=float)
     expected /= expected.sum()
     seen = Counter(answered)
-    observed = np.array([seen[c] for c in categories], dtype=float) / len(answered)
+    observed = np.array([seen[c] for c in labels], dtype=float) / len(answered)
     tvd = 0.5 * float(np.abs(observed - expected).sum())
     draws = np.random.default_rng(seed).multinomial(len(answered), expected, size=LABEL_DRAWS) / len(answered)
     null = 0.5 * np.abs(draws - expected).sum(1)
     p_value = float((1 + (null >= tvd).sum()) / (1 + LABEL_DRAWS))
-    effect = tvd - float(null.mean())
     order = np.argsort(-np.abs(observed - expected), kind="stable")
-    shares = [
-        {"label": categories[i], "served": float(observed[i]), "training": float(expected[i])} for i in order
-    ]
     details = {
         "total_variation": tvd,
         "null_mean": float(null.mean()),
-        "no_label_share": float(seen[NO_LABEL] / len(answered)),
-        "answers": len(answered),
-        "largest_changes": shares[:10],
+        "answers": len(answers),
+        "answers_naming_a_label": len(answered),
+        "no_label_share": 1 - len(answered) / len(answers),
+        "largest_changes": [
+            {"label": labels[i], "served": float(observed[i]), "training": float(expected[i])}
+            for i in order[:10]
+        ],
     }
-    return _test("label_shift", effect, config.label_shift, p_value, config.alpha, details)
+    return _test("label_shift", tvd - float(null.mean()), config.label_shift, p_value, config.alpha, details)
 
 
 def _test(

@@ -237,9 +237,16 @@ def _drift(
     ]
     labels = PreparedData.load(run_dir.data).labels
     answers = [e.answer for e in answered if e.status_code == 200 and e.answer is not None]
-    if labels and len(answers) >= config.min_requests:
+    if labels:
         train_labels = [str(r["label"]) for r in train_rows if r.get("label") is not None]
-        tests.append(label_shift(config, answers, train_labels, seed))
+        shifted = label_shift(config, answers, train_labels, seed)
+        if shifted is None:
+            out["labels_note"] = (
+                f"fewer than drift.min_requests ({config.min_requests}) of {len(answers)} answers name a label: "
+                "label shift not judged"
+            )
+        else:
+            tests.append(shifted)
     out["template"] = {"prefix_chars": len(template.prefix), "suffix_chars": len(template.suffix)}
     out["tests"] = [t.to_json() for t in tests]
     return out
