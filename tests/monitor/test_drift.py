@@ -54,8 +54,8 @@ def test_the_shared_template_is_found_and_taken_off():
     template = find_template(prompts)
     assert template.prefix == "Classify this message. Labels: a, b.\n\nMessage: "
     assert template.suffix.endswith("\nAnswer:")
-    assert template.strip(prompts[0]) == TRAINING[0]
-    assert template.strip("a prompt without it") == "a prompt without it"
+    assert template.cut(prompts[0]) == TRAINING[0]
+    assert template.cut("a prompt without it") == "a prompt without it"
 
 
 def test_token_divergence_flags_drift_and_not_the_control():
@@ -70,9 +70,7 @@ def test_token_divergence_flags_drift_and_not_the_control():
 
 def test_length_shift_flags_longer_prompts_only():
     same = length_shift(CONFIG, [len(t) for t in ids(CONTROL)], [len(t) for t in ids(TRAINING)])
-    longer = length_shift(
-        CONFIG, [len(t) + 6 for t in ids(CONTROL)], [len(t) for t in ids(TRAINING)]
-    )
+    longer = length_shift(CONFIG, [len(t) + 6 for t in ids(CONTROL)], [len(t) for t in ids(TRAINING)])
     assert not same.flagged
     assert longer.flagged and longer.effect == pytest.approx(1.0)
 

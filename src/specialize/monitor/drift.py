@@ -80,7 +80,7 @@ class Template:
     prefix: str = ""
     suffix: str = ""
 
-    def strip(self, prompt: str) -> str:
+    def cut(self, prompt: str) -> str:
         """The part of `prompt` a user wrote, if it carries the template; otherwise all of it."""
         body = prompt
         if self.prefix and body.startswith(self.prefix):

@@ -222,8 +222,8 @@ def _drift(
     training = [_user_text(r) for r in train_rows]
     held_out = [_user_text(r) for r in held_rows]
     template = find_template(training)
-    training_body = [template.strip(t) for t in training]
-    served_body = [template.strip(p) for p in prompts]
+    training_body = [template.cut(t) for t in training]
+    served_body = [template.cut(p) for p in prompts]
     tokenizer = _tokenizer(base_model)
 
     def ids(texts: list[str]) -> list[list[int]]:
@@ -233,7 +233,7 @@ def _drift(
     tests: list[DriftTest] = [
         token_divergence(config, served_ids, training_ids, seed, decode=lambda t: tokenizer.decode([t])),
         length_shift(config, [len(x) for x in served_ids], [len(x) for x in training_ids]),
-        far_share(config, served_body, training_body, [template.strip(t) for t in held_out], seed),
+        far_share(config, served_body, training_body, [template.cut(t) for t in held_out], seed),
     ]
     labels = PreparedData.load(run_dir.data).labels
     answers = [e.answer for e in answered if e.status_code == 200 and e.answer is not None]
