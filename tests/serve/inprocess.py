@@ -41,6 +41,8 @@ class InProcess:
         )
 
     def rows(self) -> list[dict]:
+        """The request log, once every row queued so far is written (a stream's row is queued as it ends)."""
+        self.app.state.gate.flush()
         return self.log.requests_for()
 
 
@@ -51,7 +53,7 @@ def build(root: pathlib.Path, model_dir: pathlib.Path, limits: Limits | None = N
     engine = load_engine(model_dir, max_batch=8, max_adapters=2)
     models = ServedModels(str(model_dir), model_dir, registry)
     log = RequestLog(registry)
-    gate = Gate(log, keys, ServerMetrics(engine), limits or Limits(max_tokens=32))
+    gate = Gate(log, keys, ServerMetrics(engine, models.known), limits or Limits(max_tokens=32))
     app = create_app(Server(engine, models, gate))
     return InProcess(app, secret, registry, keys, log, engine, str(model_dir))
 

@@ -153,7 +153,7 @@ async def test_one_router_over_a_gate_alone(api):
     import httpx2 as httpx
 
     app = FastAPI()
-    app.state.gate = Gate(api.log, api.keys, ServerMetrics(api.engine))
+    app.state.gate = Gate(api.log, api.keys, ServerMetrics(api.engine, lambda _: False))
     app.include_router(feedback.router)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://gate.test") as client:

@@ -42,7 +42,7 @@ def test_the_registry_holds_no_plaintext_key_anywhere(tmp_path):
 def test_verify_list_and_revoke(tmp_path):
     keys = ApiKeys(Registry(f"sqlite:///{tmp_path / 'registry.db'}"))
     key, secret = keys.create("app")
-    assert keys.verify(secret) == key.id and keys.verify(secret + "x") is None and keys.verify("") is None
+    assert keys.verify(secret) == key and keys.verify(secret + "x") is None and keys.verify("") is None
     [listed] = keys.list()
     assert listed.id == key.id and listed.active and secret.startswith(listed.shown_prefix)
     assert keys.any_active()

@@ -144,7 +144,7 @@ def test_upload_train_and_chat_with_the_fine_tuned_model(server, finished_job, t
     assert config["train"]["batch_size"] == 4 and config["train"]["epochs"] == 2 and config["seed"] == 3
     store = FineTuningJobs(Registry(server.registry_url), Path("unused"))
     run_id = _run_id(Registry(server.registry_url), job.id)
-    assert store.run_of(job.id) == run_id and store.fine_tuned_models()[run_id] == job.fine_tuned_model
+    assert store.run_of(job.id) == run_id and store.fine_tuned_models()[run_id][0] == job.fine_tuned_model
 
 
 def test_a_malformed_upload_is_refused_with_every_bad_line(server):
@@ -163,9 +163,12 @@ def test_a_malformed_upload_is_refused_with_every_bad_line(server):
     assert err.value.param == "purpose"
 
 
-def test_jobs_and_files_of_one_key_are_invisible_to_another(server, finished_job):
+def test_jobs_files_and_models_of_one_key_are_invisible_to_another(server, finished_job):
+    """Issue 14, defect 6: another key could list and chat with a key's `ft:` models."""
     upload, _, job = finished_job
-    _, secret = ApiKeys(Registry(server.registry_url)).create("someone else")
+    registry = Registry(server.registry_url)
+    run_id = _run_id(registry, job.id)
+    _, secret = ApiKeys(registry).create("someone else")
     other = server.client(secret)
     for call in (
         lambda: other.fine_tuning.jobs.retrieve(job.id),
@@ -174,10 +177,27 @@ def test_jobs_and_files_of_one_key_are_invisible_to_another(server, finished_job
         lambda: other.files.retrieve(upload.id),
         lambda: other.files.content(upload.id),
         lambda: other.files.delete(upload.id),
+        lambda: other.models.retrieve(job.fine_tuned_model),
+        lambda: other.models.retrieve(run_id),
+        lambda: other.chat.completions.create(model=job.fine_tuned_model, messages=PARITY, max_tokens=2),
+        lambda: other.chat.completions.create(model=run_id, messages=PARITY, max_tokens=2),
+        lambda: other.completions.create(model=job.fine_tuned_model, prompt="Is 2 even?", max_tokens=2),
     ):
         with pytest.raises(openai.NotFoundError):
             call()
     assert other.fine_tuning.jobs.list().data == [] and other.files.list().data == []
+    assert {m.id for m in other.models.list()}.isdisjoint({job.fine_tuned_model, run_id})
+    # the key that made them, and an admin key, see and use them
+    assert {job.fine_tuned_model, run_id} <= {m.id for m in server.client().models.list()}
+    _, admin_secret = ApiKeys(registry).create("operator", admin=True)
+    admin = server.client(admin_secret)
+    assert {job.fine_tuned_model, run_id} <= {m.id for m in admin.models.list()}
+    assert (
+        admin.fine_tuning.jobs.retrieve(job.id).id == job.id
+        and admin.files.retrieve(upload.id).id == upload.id
+    )
+    reply = admin.chat.completions.create(model=job.fine_tuned_model, messages=PARITY, max_tokens=2)
+    assert reply.model == job.fine_tuned_model
     with pytest.raises(openai.BadRequestError) as err:
         other.fine_tuning.jobs.create(model="tiny-chat", training_file=upload.id)
     assert err.value.param == "training_file"

@@ -11,6 +11,7 @@ from conftest import chat_row
 from specialize.config import load_config
 from specialize.errors import ConfigError, DataError, NotFoundError
 from specialize.runs import Registry
+from specialize.serve.api_keys import EVERY_KEY
 from specialize.serve.fine_tuning import FineTuningJobs, UploadedFiles
 from specialize.serve.fine_tuning.jobs import Hyperparameters, fine_tuned_model_id
 
@@ -35,6 +36,7 @@ def test_an_upload_is_checked_and_kept_for_its_key_only(registry, tmp_path):
         files.get("key_b", stored.id)
     with pytest.raises(NotFoundError):
         files.delete("key_b", stored.id)
+    assert files.get(EVERY_KEY, stored.id) == stored  # an admin's requests see every key's files
     second = files.add("key_a", "more.jsonl", "fine-tune", content)
     assert [f.id for f in files.page("key_a", None, 10, newest_first=False)] == [stored.id, second.id]
     assert files.page("key_b", None, 10, newest_first=True) == []
@@ -91,6 +93,8 @@ def test_status_moves_queue_order_and_key_scoping(registry, tmp_path):
     assert jobs.get("key_a", second.id).finished_at is not None
     with pytest.raises(NotFoundError):
         jobs.get("key_a", other.id)
+    assert jobs.get(EVERY_KEY, other.id) == other  # an admin's requests see every key's jobs
+    assert len(jobs.page(EVERY_KEY, None, 10)) == 3
     assert [j.id for j in jobs.page("key_a", None, 10)] == [second.id, first.id]  # newest first
     assert [j.id for j in jobs.page("key_a", second.id, 10)] == [first.id]
 
@@ -117,5 +121,7 @@ def test_events_runs_and_fine_tuned_models(registry, tmp_path):
     ]
     assert [e.message for e in events if e.type == "message"][0] == "Files validated"  # newest first
     assert jobs.fine_tuned_models() == {}
+    jobs.set_status(job.id, "running", run_id=run.id)
+    assert jobs.fine_tuned_models() == {run.id: (None, "key_a")}  # its key's, not served as ft: yet
     jobs.set_status(job.id, "succeeded", fine_tuned_model="ft:tiny:sfx:1", run_id=run.id)
-    assert jobs.fine_tuned_models() == {run.id: "ft:tiny:sfx:1"}
+    assert jobs.fine_tuned_models() == {run.id: ("ft:tiny:sfx:1", "key_a")}

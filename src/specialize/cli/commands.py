@@ -321,6 +321,7 @@ def serve(
     runs_dir: str | None,
     fine_tune_config: str | None,
     max_upload_mb: int,
+    max_body_bytes: int,
 ) -> int:
     from specialize.config import DEFAULT_REGISTRY
     from specialize.serve import ServeOptions
@@ -340,14 +341,16 @@ def serve(
             runs_dir=runs_dir,
             fine_tune_config=fine_tune_config,
             max_upload_mb=max_upload_mb,
+            max_body_bytes=max_body_bytes,
         )
     )
     return 0
 
 
-def keys_create(name: str, registry_url: str | None) -> int:
-    key, secret = _key_store(registry_url).create(name)
-    print(f"created {key.id} ({key.name}); the secret is shown once, keep it safe:\n{secret}")
+def keys_create(name: str, registry_url: str | None, admin: bool = False) -> int:
+    key, secret = _key_store(registry_url).create(name, admin=admin)
+    kind = "admin key" if key.admin else "key"
+    print(f"created {kind} {key.id} ({key.name}); the secret is shown once, keep it safe:\n{secret}")
     return 0
 
 
@@ -365,10 +368,11 @@ def keys_list(registry_url: str | None) -> int:
             k.shown_prefix + "...",
             f"{k.created_at:%Y-%m-%d %H:%M}",
             "active" if k.active else f"revoked {k.revoked_at:%Y-%m-%d %H:%M}",
+            "admin" if k.admin else "",
         ]
         for k in _key_store(registry_url).list()
     ]
-    print(_table(["id", "name", "key", "created", "state"], rows) if rows else "no API keys")
+    print(_table(["id", "name", "key", "created", "state", "role"], rows) if rows else "no API keys")
     return 0
 
 

@@ -130,10 +130,19 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--max-upload-mb", type=int, default=512, help="largest training file accepted (default 512 MB)"
     )
+    s.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=4 * 2**20,
+        help="largest JSON request body; larger ones get 413 (default 4194304, 4 MB)",
+    )
 
     keys = sub.add_parser("keys", help="API keys of the server").add_subparsers(dest="action", required=True)
     create = keys.add_parser("create", help="make a key; its secret is shown once")
     create.add_argument("--name", default="default", help="what the key is for")
+    create.add_argument(
+        "--admin", action="store_true", help="the key sees every key's files, jobs and fine-tuned models"
+    )
     keys.add_parser("list", help="keys with their state; never their secrets")
     revoke = keys.add_parser("revoke", help="revoke a key; requests with it get 401 at once")
     revoke.add_argument("key_id", metavar="KEY_ID")
@@ -298,6 +307,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             runs_dir=args.runs_dir,
             fine_tune_config=args.fine_tune_config,
             max_upload_mb=args.max_upload_mb,
+            max_body_bytes=args.max_body_bytes,
         )
     if args.command == "monitor":
         return commands.monitor(args.model, args.since, args.out, args.registry, args.json)
@@ -321,7 +331,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return commands.loop(args.config, args.overrides, args.json, progress=not args.quiet)
     if args.command == "keys":
         if args.action == "create":
-            return commands.keys_create(args.name, args.registry)
+            return commands.keys_create(args.name, args.registry, args.admin)
         if args.action == "revoke":
             return commands.keys_revoke(args.key_id, args.registry)
         return commands.keys_list(args.registry)

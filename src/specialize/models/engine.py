@@ -11,11 +11,13 @@ Adapters are loaded on first use and the least recently used is dropped beyond `
 
 Results go back through each request's `sink`, called on the engine thread: a server hands them to its event
 loop. Text is streamed as it becomes final: a partial UTF-8 character or the beginning of a stop sequence is
-held back until the next token settles it.
+held back until the next token settles it. A request may ask for log-probabilities, of its answer's tokens and
+(`echo`) of its prompt's, as evaluation harnesses score multiple-choice answers with.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -26,9 +28,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from specialize.models.generation import BASE_ADAPTER, DecodeBatch, Row, Sampling
+from specialize.errors import SpecializeError
+from specialize.models.generation import BASE_ADAPTER, DecodeBatch, Row, Sampling, TokenLogprob
 
 log = logging.getLogger(__name__)
+
+
+class PromptTooLongError(SpecializeError):
+    """A prompt certainly over the limit it was encoded for, found without tokenizing it all."""
+
+    def __init__(self, at_least: int, limit: int) -> None:
+        super().__init__(f"the prompt has at least {at_least} tokens, more than {limit}")
+        self.at_least, self.limit = at_least, limit
+
+
+@dataclass(frozen=True)
+class Token:
+    """A token as callers see it: its text, its exact bytes (a token may hold part of a UTF-8 character), its
+    log-probability (None for a prompt's first token, which nothing predicts) and the likeliest tokens there."""
+
+    text: str
+    bytes: bytes
+    logprob: float | None
+    top: tuple[Token, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -47,6 +69,8 @@ class Done:
     prompt_tokens: int
     completion_tokens: int
     error: str | None = None
+    logprobs: list[Token] | None = None  # the answer's tokens, when the request asked for them
+    prompt_logprobs: list[Token] | None = None  # every prompt token, when the request echoes its prompt
 
 
 Event = Delta | Done
@@ -71,6 +95,8 @@ class Request:
     sampling: Sampling
     sink: Callable[[Event], None]
     stop: tuple[str, ...] = ()
+    logprobs: int | None = None  # report each answer token's log-probability and this many alternatives
+    echo: bool = False  # and those of the prompt's tokens
     cancelled: threading.Event = field(default_factory=threading.Event)
     emitted: int = 0  # characters of the answer already sent
 
@@ -92,6 +118,12 @@ class Engine:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="specialize-engine", daemon=True)
         self.stats = {"steps": 0, "generated_tokens": 0, "rows": 0}
+        self.vocab_size = len(tokenizer)
+        self._bytes: dict[int, bytes] = {}
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._byte_level = type(getattr(backend, "decoder", None)).__name__ == "ByteLevel"
+        # The most UTF-8 bytes one token stands for: a text of n bytes has at least n / this many tokens.
+        self._longest_token = max(len(self.token_bytes(i)) for i in range(self.vocab_size))
 
     def start(self) -> Engine:
         self._thread.start()
@@ -104,16 +136,55 @@ class Engine:
     def submit(self, request: Request) -> None:
         self._queue.put(request)
 
-    def encode_chat(self, messages: list[dict[str, str]], system_prompt: str | None = None) -> list[int]:
+    def encode_chat(
+        self, messages: list[dict[str, str]], system_prompt: str | None = None, limit: int | None = None
+    ) -> list[int]:
         """The token ids the model continues to answer `messages`, with `system_prompt` (the one an adapter was
-        trained with) put first unless the conversation brings its own."""
+        trained with) put first unless the conversation brings its own.
+
+        Raises:
+            PromptTooLongError: the prompt has more than `limit` tokens for sure (see `encode_text`).
+        """
         from specialize.data import render_prompt, with_system
 
-        return self.encode_text(render_prompt(self.tokenizer, with_system(messages, system_prompt or None)))
+        rendered = render_prompt(self.tokenizer, with_system(messages, system_prompt or None))
+        return self.encode_text(rendered, limit)
 
-    def encode_text(self, text: str) -> list[int]:
-        """The token ids of `text` as it is, no template and no special tokens added."""
+    def encode_text(self, text: str, limit: int | None = None) -> list[int]:
+        """The token ids of `text` as it is, no template and no special tokens added.
+
+        Tokenizing takes about a second per megabyte: a text longer in bytes than `limit` tokens of the longest
+        token can be raises `PromptTooLongError` at once instead, for it cannot fit.
+
+        Raises:
+            PromptTooLongError: as above.
+        """
+        if limit is not None:
+            at_least = -(-len(text.encode("utf-8", "surrogatepass")) // self._longest_token)
+            if at_least > limit:
+                raise PromptTooLongError(at_least, limit)
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def decode(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids))
+
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes of text `token` stands for (a byte-level token may hold part of a UTF-8 character)."""
+        known = self._bytes.get(token)
+        if known is not None:
+            return known
+        piece = self.tokenizer.convert_ids_to_tokens(token) or ""
+        if self._byte_level and token not in self.tokenizer.all_special_ids:
+            byte_of = _byte_decoder()
+            decoded = bytes(byte_of[c] for c in piece if c in byte_of)
+        elif (
+            len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">")
+        ):  # SentencePiece byte fallback
+            decoded = bytes([int(piece[3:5], 16)])
+        else:
+            decoded = piece.replace("\u2581", " ").encode("utf-8")
+        self._bytes[token] = decoded
+        return decoded
 
     @property
     def queue_depth(self) -> int:
@@ -173,7 +244,16 @@ class Engine:
                 log.exception("cannot load adapter %s", request.adapter and request.adapter.id)
                 request.sink(Done("error", "", len(request.prompt), 0, f"cannot load model: {exc}"))
                 continue
-            rows.append(Row(request.prompt, request.sampling, adapter=name, tag=request))
+            rows.append(
+                Row(
+                    request.prompt,
+                    request.sampling,
+                    adapter=name,
+                    tag=request,
+                    logprobs=request.logprobs,
+                    echo=request.echo,
+                )
+            )
         if rows and not self._batch.rows:
             self._batch.mixed = not _dora(rows[0].tag.adapter)
             if not self._batch.mixed:
@@ -235,13 +315,48 @@ class Engine:
                 request.emitted = safe
             if reason:
                 self.stats["generated_tokens"] += len(tokens)
-                request.sink(Done(reason, text, len(request.prompt), len(tokens)))
+                request.sink(self._done(row, reason, text, tokens))
                 finished.append(i)
         self._batch.remove(finished)
+
+    def _done(self, row: Row, reason: str, text: str, tokens: list[int]) -> Done:
+        """The end of a row, with the log-probabilities it asked for: of the tokens its answer `text` is made of
+        (an answer cut at a stop sequence keeps the tokens up to the cut)."""
+        request: Request = row.tag
+        answer = None
+        if request.logprobs is not None:
+            kept = len(tokens)
+            while kept > 0 and len(
+                self.tokenizer.decode(tokens[: kept - 1], skip_special_tokens=True)
+            ) >= len(text):
+                kept -= 1
+            answer = [self._token(t) for t in row.token_logprobs[:kept]]
+        prompt = None
+        if request.echo:
+            first = Token(*self._text_bytes(request.prompt[0]), None) if request.prompt else None
+            prompt = ([first] if first else []) + [self._token(t) for t in row.prompt_logprobs]
+        return Done(reason, text, len(request.prompt), len(tokens), None, answer, prompt)
+
+    def _text_bytes(self, token: int) -> tuple[str, bytes]:
+        raw = self.token_bytes(token)
+        return raw.decode("utf-8", errors="replace"), raw
+
+    def _token(self, entry: TokenLogprob) -> Token:
+        top = tuple(Token(*self._text_bytes(t), lp) for t, lp in entry.top)
+        return Token(*self._text_bytes(entry.token), entry.logprob, top)
 
     def _fail_batch(self, message: str) -> None:
         for row in self._batch.remove(list(range(len(self._batch)))):
             row.tag.sink(Done("error", "", len(row.prompt), len(row.tokens), message))
+
+
+@functools.cache
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level alphabet read backwards: the character a byte-level BPE token spells a byte with ->
+    that byte (transformers keeps the forward table in `convert_slow_tokenizer.bytes_to_unicode`)."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    return {char: byte for byte, char in bytes_to_unicode().items()}
 
 
 def _dora(adapter: Adapter | None) -> bool:

@@ -6,6 +6,9 @@ clients needs the opposite, so this module keeps one `DecodeBatch` whose rows ar
 new prompts are pre-filled together and merged into the running cache (left-padded to a common length, the
 padding masked out), finished rows are dropped from it, and every row has its own temperature, top-p, seed and
 adapter. Evaluation uses the same engine through `generate_batch`.
+
+A row may also ask for log-probabilities (`Row.logprobs`): of each token it generates and of the most likely
+alternatives, and with `Row.echo` of every prompt token after the first, as evaluation harnesses score answers.
 """
 
 from __future__ import annotations
@@ -29,9 +32,22 @@ class Sampling:
     seed: int | None = None
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A token's log-probability under the model (before temperature) and the `top` most likely ids there."""
+
+    token: int
+    logprob: float
+    top: list[tuple[int, float]]
+
+
 @dataclass
 class Row:
-    """One prompt being continued; `tokens` are the generated ids so far."""
+    """One prompt being continued; `tokens` are the generated ids so far.
+
+    `logprobs=k` records each generated token's log-probability and the k most likely tokens at its place
+    (`token_logprobs`); `echo` also records them for the prompt's tokens after the first (`prompt_logprobs`).
+    """
 
     prompt: list[int]
     sampling: Sampling
@@ -39,6 +55,10 @@ class Row:
     tag: Any = None  # the caller's handle (a request), carried along untouched
     tokens: list[int] = field(default_factory=list)
     generator: torch.Generator | None = None
+    logprobs: int | None = None
+    echo: bool = False
+    token_logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 class DecodeBatch:
@@ -67,9 +87,11 @@ class DecodeBatch:
         """Pre-fill `rows` and merge them into the batch; their first token is ready for `step`.
 
         Rows of similar length are pre-filled together, others apart: pre-filling is compute-bound, and padding a
-        40-token prompt to the length of a 400-token one in the same forward pass would multiply its cost.
+        40-token prompt to the length of a 400-token one in the same forward pass would multiply its cost. A row
+        that echoes its prompt's log-probabilities is pre-filled alone: it needs the logits of every position, and
+        those of one long prompt already take prompt length x vocabulary x 4 bytes.
         """
-        for group in _similar_lengths(rows):
+        for group in _similar_lengths([r for r in rows if not r.echo]) + [[r] for r in rows if r.echo]:
             self._add_group(group)
 
     def _add_group(self, rows: Sequence[Row]) -> None:
@@ -84,7 +106,15 @@ class DecodeBatch:
         from transformers import DynamicCache
 
         cache = DynamicCache(config=self.model.config)
-        logits = self._forward(ids, mask, cache, [r.adapter for r in rows])
+        echo = any(r.echo for r in rows)
+        logits = self._forward(ids, mask, cache, [r.adapter for r in rows], every_position=echo)
+        if echo:
+            for row, row_logits in zip(rows, logits, strict=True):
+                scores = row_logits[width - len(row.prompt) : -1].log_softmax(-1)
+                row.prompt_logprobs = [
+                    _logprob(scores[i], token, row.logprobs or 0) for i, token in enumerate(row.prompt[1:])
+                ]
+            logits = logits[:, -1]
         if self.rows:
             self._cache, self._mask = _merge(self._cache, self._mask, cache, mask)
             self._next_logits = torch.cat([self._next_logits, logits])
@@ -95,8 +125,10 @@ class DecodeBatch:
     def step(self) -> list[int]:
         """Choose the next token of every row, append it, and run the model once to ready the following one."""
         chosen = [_pick(self._next_logits[i], row) for i, row in enumerate(self.rows)]
-        for row, token in zip(self.rows, chosen, strict=True):
+        for i, (row, token) in enumerate(zip(self.rows, chosen, strict=True)):
             row.tokens.append(token)
+            if row.logprobs is not None:
+                row.token_logprobs.append(_logprob(self._next_logits[i].log_softmax(-1), token, row.logprobs))
         self._mask = torch.cat([self._mask, torch.ones(len(self.rows), 1, dtype=torch.long)], dim=1)
         ids = torch.tensor(chosen).unsqueeze(1)
         self._next_logits = self._forward(ids, self._mask, self._cache, [r.adapter for r in self.rows])
@@ -125,8 +157,14 @@ class DecodeBatch:
         return removed
 
     def _forward(
-        self, ids: torch.Tensor, mask: torch.Tensor, cache: Any, adapters: list[str]
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        cache: Any,
+        adapters: list[str],
+        every_position: bool = False,
     ) -> torch.Tensor:
+        """The next-token logits after the last position of each row, or after every position."""
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)[:, -ids.shape[1] :]
         extra = {"adapter_names": adapters} if self.mixed and hasattr(self.model, "peft_config") else {}
         with torch.no_grad():
@@ -136,10 +174,10 @@ class DecodeBatch:
                 position_ids=positions,
                 cache=cache,
                 use_cache=True,
-                logits_to_keep=1,
+                logits_to_keep=0 if every_position else 1,
                 **extra,
             )
-        return out.logits[:, -1].float()
+        return out.logits.float() if every_position else out.logits[:, -1].float()
 
 
 def _similar_lengths(rows: Sequence[Row], waste: float = 0.2) -> list[list[Row]]:
@@ -177,6 +215,13 @@ def _merge(
         layer_a.keys = torch.cat([pad(layer_a.keys, 2), pad(layer_b.keys, 2)])
         layer_a.values = torch.cat([pad(layer_a.values, 2), pad(layer_b.values, 2)])
     return cache_a, torch.cat([pad(mask_a, 1), pad(mask_b, 1)])
+
+
+def _logprob(scores: torch.Tensor, token: int, top: int) -> TokenLogprob:
+    """`token`'s entry in one position's log-probabilities, with the `top` most likely tokens there."""
+    best = scores.topk(top) if top else None
+    alternatives = [] if best is None else list(zip(best.indices.tolist(), best.values.tolist(), strict=True))
+    return TokenLogprob(token, float(scores[token]), alternatives)
 
 
 def _pick(logits: torch.Tensor, row: Row) -> int:

@@ -13,6 +13,10 @@ from typing import Any
 from specialize.errors import NotFoundError
 from specialize.runs import Registry, now
 
+# The most characters of a request body (as JSON) and of an answer a row keeps. Monitoring and re-fine-tuning need
+# what was asked and answered, not the megabytes a client may send: longer ones keep their head and their size.
+MAX_STORED_CHARS = 64 * 1024
+
 
 @dataclass
 class ServedRequest:
@@ -71,9 +75,20 @@ class RequestLog:
         meta.create_all(self.engine)
 
     def record(self, req: ServedRequest) -> None:
-        values = asdict(req)
+        """Write one row; a body or answer over `MAX_STORED_CHARS` is kept as its head and its length, and text
+        that is no valid Unicode is kept with U+FFFD in place of what cannot be stored."""
+        values = {k: _text(v) if isinstance(v, str) else v for k, v in asdict(req).items()}
         values.pop("extra")
-        values["request"] = json.dumps(req.request, ensure_ascii=False) if req.request is not None else None
+        if req.request is not None:
+            body = json.dumps(req.request, ensure_ascii=False)
+            if len(body) > MAX_STORED_CHARS:
+                body = json.dumps(
+                    {"truncated": True, "chars": len(body), "head": body[:MAX_STORED_CHARS]},
+                    ensure_ascii=False,
+                )
+            values["request"] = _text(body)
+        if req.response is not None and len(req.response) > MAX_STORED_CHARS:
+            values["response"] = _text(req.response[:MAX_STORED_CHARS])
         with self.engine.begin() as conn:
             conn.execute(self.requests.insert().values(**values, created_at=now()))
 
@@ -117,3 +132,8 @@ class RequestLog:
         query = self.feedback.select().where(self.feedback.c.request_id == request_id)
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(query).mappings().all()]
+
+
+def _text(value: str) -> str:
+    """`value` as a database can store it: lone surrogates (which no UTF-8 encoder takes) replaced."""
+    return value if value.isascii() else value.encode("utf-8", "replace").decode("utf-8")

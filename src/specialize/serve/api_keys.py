@@ -2,6 +2,9 @@
 
 Keys are 256-bit random tokens, so a single SHA-256 is enough to make a stolen registry useless: a slow password
 hash (argon2, bcrypt) only matters for secrets a person chose and a guesser could enumerate.
+
+A key sees the files, fine-tuning jobs and fine-tuned models it made, and everything nobody owns (runs trained
+with `specialize run`); an admin key (`specialize keys create --admin`) sees everything.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from specialize.errors import NotFoundError
 from specialize.runs import Registry, now
 
 PREFIX = "sk-spec-"
+# What an admin key's requests look up rows with, in place of a key id: every key's rows (key ids are `key_<hex>`).
+EVERY_KEY = "*"
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,7 @@ class ApiKey:
     shown_prefix: str
     created_at: datetime
     revoked_at: datetime | None
+    admin: bool = False
 
     @property
     def active(self) -> bool:
@@ -54,13 +60,18 @@ class ApiKeys:
             sa.Column("sha256", sa.String(64), nullable=False, unique=True),
             sa.Column("created_at", sa.DateTime, nullable=False),
             sa.Column("revoked_at", sa.DateTime),
+            sa.Column("admin", sa.Boolean, nullable=False, server_default=sa.false()),
         )
         meta.create_all(self.engine)
+        if "admin" not in {c["name"] for c in sa.inspect(self.engine).get_columns("api_keys")}:
+            # a registry from before admin keys: its keys stay what they were, keys of their own owner
+            with self.engine.begin() as conn:
+                conn.execute(sa.text("ALTER TABLE api_keys ADD COLUMN admin BOOLEAN NOT NULL DEFAULT FALSE"))
 
-    def create(self, name: str) -> tuple[ApiKey, str]:
+    def create(self, name: str, admin: bool = False) -> tuple[ApiKey, str]:
         """A new key and its secret; the secret is not stored and cannot be shown again."""
         secret = PREFIX + secrets.token_urlsafe(32)
-        key = ApiKey("key_" + secrets.token_hex(6), name, secret[: len(PREFIX) + 4], now(), None)
+        key = ApiKey("key_" + secrets.token_hex(6), name, secret[: len(PREFIX) + 4], now(), None, admin)
         with self.engine.begin() as conn:
             conn.execute(
                 self.table.insert().values(
@@ -69,6 +80,7 @@ class ApiKeys:
                     shown_prefix=key.shown_prefix,
                     sha256=_hash(secret),
                     created_at=key.created_at,
+                    admin=admin,
                 )
             )
         return key, secret
@@ -98,15 +110,22 @@ class ApiKeys:
             )
         return match[0]
 
-    def verify(self, secret: str) -> str | None:
-        """The id of the active key with this secret, or None."""
+    def verify(self, secret: str) -> ApiKey | None:
+        """The active key with this secret, or None."""
+        cols = [c for c in self.table.c if c.name != "sha256"]
+        import sqlalchemy as sa
+
         with self.engine.connect() as conn:
-            row: Any = conn.execute(
-                self.table.select().where(
-                    (self.table.c.sha256 == _hash(secret)) & self.table.c.revoked_at.is_(None)
+            row: Any = (
+                conn.execute(
+                    sa.select(*cols).where(
+                        (self.table.c.sha256 == _hash(secret)) & self.table.c.revoked_at.is_(None)
+                    )
                 )
-            ).first()
-        return row.id if row else None
+                .mappings()
+                .first()
+            )
+        return ApiKey(**row) if row else None
 
     def any_active(self) -> bool:
         return any(k.active for k in self.list())

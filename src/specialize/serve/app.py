@@ -47,6 +47,7 @@ def create_app(
         for worker in workers:
             await asyncio.to_thread(worker.stop)
         server.engine.stop()
+        await asyncio.to_thread(server.gate.close)  # the last rows of the request log
 
     app = FastAPI(title="specialize", lifespan=lifespan)
     app.state.server, app.state.gate = server, server.gate

@@ -1,7 +1,12 @@
-"""Prometheus metrics of a server: requests, latency and tokens by model and status, and the engine's load."""
+"""Prometheus metrics of a server: requests, latency and tokens by model and status, and the engine's load.
+
+Labels take a bounded set of values: a model the server serves is counted under its id, any other name a client
+sends under "unknown" (each distinct label is a time series kept for ever).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import (
@@ -23,7 +28,9 @@ class ServerMetrics:
 
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, engine: Any) -> None:
+    def __init__(self, engine: Any, known: Callable[[str], bool]) -> None:
+        """`known(model)`: whether the server serves a model of that id."""
+        self.known = known
         self.registry = CollectorRegistry()
         labels = ("endpoint", "model", "status")
         self.requests = Counter("specialize_requests", "Requests answered", labels, registry=self.registry)
@@ -50,6 +57,8 @@ class ServerMetrics:
 
     def observe(self, served: ServedRequest) -> None:
         model = served.model or ""
+        if model and not self.known(model):
+            model = "unknown"
         self.requests.labels(served.endpoint, model, str(served.status_code)).inc()
         if served.status_code < 400:
             self.latency.labels(served.endpoint, model).observe(served.latency_ms / 1000)

@@ -1,8 +1,8 @@
 """Request bodies of the OpenAI-compatible API, as pydantic models.
 
-Fields OpenAI accepts that do not change what this server does (`user`, `logit_bias`, `metadata`, ...) are
-accepted and ignored, so unmodified clients work; the ones whose meaning a client relies on are either honoured or
-refused with a 400 naming the field.
+Fields OpenAI accepts that do not change what this server does (`user`, `metadata`, `store`, ...) are accepted
+and ignored, so unmodified clients work; the ones whose meaning a client relies on (`tools`, `response_format`,
+`logit_bias`, ...) are either honoured or refused with a 400 naming the field.
 """
 
 from __future__ import annotations
@@ -10,6 +10,22 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
+
+MAX_TOP_LOGPROBS = (
+    20  # OpenAI's own limit for chat; its legacy completions allowed 5, vLLM allows 20 there too
+)
+
+
+def _unsupported(what: str) -> AfterValidator:
+    """A field the server does not honour: refused (error type `unsupported`) when given a value that matters."""
+
+    def check(value: Any) -> Any:
+        if value:
+            raise PydanticCustomError("unsupported", f"{what} is not supported by this server")
+        return value
+
+    return AfterValidator(check)
 
 
 class _Body(BaseModel):
@@ -43,6 +59,7 @@ class _Generation(_Body):
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
+    logit_bias: Annotated[dict[str, Any] | None, _unsupported("logit_bias")] = None
 
     @field_validator("stop")
     @classmethod
@@ -57,24 +74,95 @@ class _Generation(_Body):
         return tuple(s for s in ([self.stop] if isinstance(self.stop, str) else self.stop) if s)
 
 
+# Streamed text is sent as it settles, which is not token by token; so log-probabilities come with whole answers.
+_WHOLE_ONLY = "{what} returned with whole answers only; set stream to false"
+
+
+class ResponseFormat(_Body):
+    type: str
+
+
 class ChatCompletionRequest(_Generation):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool | None = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    tools: Annotated[list[Any] | None, _unsupported("tools (function calling)")] = None
+    functions: Annotated[list[Any] | None, _unsupported("functions (function calling)")] = None
+    response_format: ResponseFormat | None = None
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, value: ResponseFormat | None) -> ResponseFormat | None:
+        if value is not None and value.type != "text":
+            raise PydanticCustomError(
+                "unsupported",
+                "response_format {kind} is not supported by this server; only text answers are",
+                {"kind": repr(value.type)},
+            )
+        return value
 
     def max_new_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
+    def top_logprobs_asked(self) -> int | None:
+        """How many alternatives to report per token; None when no log-probabilities are asked for."""
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+    def conflict(self) -> tuple[str, str] | None:
+        """A field whose value this server does not serve with the others: (field, why); None when all fit."""
+        if self.top_logprobs is not None and not self.logprobs:
+            return "top_logprobs", "top_logprobs needs logprobs set to true"
+        if self.stream and self.logprobs:
+            return "logprobs", _WHOLE_ONLY.format(what="logprobs are")
+        return None
+
+
+def _prompts(value: Any) -> list[str] | list[list[int]]:
+    """OpenAI's four shapes of `prompt`, as a list of texts or a list of token id lists; one validator instead of
+    a union, whose errors would name the union member (`prompt.list[int]`) instead of the field."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value:
+        if all(isinstance(v, str) for v in value):
+            return value
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return [value]
+        if all(
+            isinstance(v, list) and v and all(isinstance(t, int) and not isinstance(t, bool) for t in v)
+            for v in value
+        ):
+            return value
+    raise PydanticCustomError(
+        "prompt", "must be a string, a list of strings, a list of token ids or a list of lists of token ids"
+    )
+
 
 class CompletionRequest(_Generation):
-    prompt: str | list[str]
+    prompt: Annotated[Any, AfterValidator(_prompts)]
     max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for the legacy completions endpoint
-    echo: Literal[False] = False
+    echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    suffix: Annotated[str | None, _unsupported("suffix (text insertion)")] = None
 
-    def prompts(self) -> list[str]:
-        return [self.prompt] if isinstance(self.prompt, str) else self.prompt
+    def prompts(self) -> list[str] | list[list[int]]:
+        prompts: list[str] | list[list[int]] = self.prompt
+        return prompts
 
     def max_new_tokens(self) -> int | None:
         return self.max_tokens
+
+    def top_logprobs_asked(self) -> int | None:
+        """How many alternatives to report per token; None when no log-probabilities are asked for."""
+        return self.logprobs
+
+    def conflict(self) -> tuple[str, str] | None:
+        """A field whose value this server does not serve with the others: (field, why); None when all fit."""
+        if self.stream and self.echo:
+            return "echo", _WHOLE_ONLY.format(what="echo is")
+        if self.stream and self.logprobs is not None:
+            return "logprobs", _WHOLE_ONLY.format(what="logprobs are")
+        return None
 
 
 class FeedbackRequest(_Body):

@@ -1,7 +1,8 @@
 """Which models a server answers for: its base model and every finished run fine-tuned from it.
 
 A run made by a fine-tuning job is also answered for by the job's model id (`ft:<base>:<suffix>:<job>`), which
-the server's job store records (`aliases`).
+the server's job store records (`aliases`), and both ids belong to the API key that created the job: another key
+is told they do not exist, as it is for that key's files and jobs (an admin key sees every model).
 
 A run finished after the server started is found on its first request: a model id the server does not know is
 looked up in the registry again before it is refused.
@@ -35,13 +36,17 @@ class ServedModel:
     adapter: Adapter | None
     system_prompt: str | None
     created: int  # unix time, as OpenAI's model objects carry
+    owner: str | None = None  # the API key whose fine-tuning job made it; None: every key's
+
+    def visible_to(self, key_id: str | None, admin: bool) -> bool:
+        return admin or self.owner is None or self.owner == key_id
 
 
 class ServedModels:
     """The base model and the adapters of runs on it, by model id.
 
-    `aliases` gives the other ids a run is served as (run id -> model id), read again whenever the registry is:
-    the fine-tuning job store's `ft:` model ids.
+    `aliases` gives the runs of fine-tuning jobs, the other id each is served as (None until its job has
+    succeeded) and the API key that owns both (run id -> (model id, key id)), read again whenever the registry is.
     """
 
     def __init__(
@@ -50,7 +55,7 @@ class ServedModels:
         base_path: Path,
         registry: Registry,
         runs: list[str] | None = None,
-        aliases: Callable[[], dict[str, str]] | None = None,
+        aliases: Callable[[], dict[str, tuple[str | None, str | None]]] | None = None,
     ) -> None:
         self.base = ServedModel(base_name, None, None, int(base_path.stat().st_mtime))
         self._base_path = base_path.resolve()
@@ -79,27 +84,37 @@ class ServedModels:
         with self._lock:
             self._models.update(found)
 
-    def get(self, model_id: str) -> ServedModel:
+    def get(self, model_id: str, key_id: str | None, admin: bool) -> ServedModel:
+        """The model `model_id` as the key `key_id` may see it; another key's model is missing, like an unknown
+        one."""
         with self._lock:
             model = self._models.get(model_id)
-        if model is None:
-            self.refresh()
+        if model is None or not model.visible_to(key_id, admin):
+            self.refresh()  # a run finished (or a job succeeded) since
             with self._lock:
                 model = self._models.get(model_id)
-        if model is None:
+        if model is None or not model.visible_to(key_id, admin):
             raise NotFoundError(
                 f"The model `{model_id}` does not exist; GET /v1/models lists the served models"
             )
         return model
 
-    def list(self) -> list[ServedModel]:
+    def list(self, key_id: str | None, admin: bool) -> list[ServedModel]:
+        """The models the key `key_id` may see."""
         self.refresh()
         with self._lock:
-            return list(self._models.values())
+            return [m for m in self._models.values() if m.visible_to(key_id, admin)]
 
-    def _from_run(self, run: dict[str, Any], alias: str | None = None) -> tuple[ServedModel, ...]:
-        """The model ids a run is served as: its id, and `alias` (its fine-tuning job's model id); none if
-        unservable."""
+    def known(self, model_id: str) -> bool:
+        """Whether `model_id` is a model this server has served or listed (for some key); reads no registry."""
+        with self._lock:
+            return model_id in self._models
+
+    def _from_run(
+        self, run: dict[str, Any], alias: tuple[str | None, str | None] | None = None
+    ) -> tuple[ServedModel, ...]:
+        """The model ids a run is served as: its id, and `alias` (its fine-tuning job's model id and owner); none
+        if unservable."""
         if run["status"] != "completed":
             return ()
         adapter = Path(run["run_dir"]) / "train" / "adapter"
@@ -112,8 +127,11 @@ class ServedModels:
             Adapter(run["id"], adapter, use_dora),
             config.data.system_prompt,
             int(run["created_at"].replace(tzinfo=UTC).timestamp()),
+            None if alias is None else alias[1],
         )
-        return (model,) if alias is None else (model, dataclasses.replace(model, id=alias))
+        if alias is None or alias[0] is None:
+            return (model,)
+        return model, dataclasses.replace(model, id=alias[0])
 
     def _same_base(self, base_model: str) -> bool:
         path = Path(base_model).expanduser()

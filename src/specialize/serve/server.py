@@ -32,6 +32,7 @@ class ServeOptions:
     runs_dir: str | None = None  # default: the folder of a SQLite registry, else ./runs
     fine_tune_config: str | None = None
     max_upload_mb: int = 512
+    max_body_bytes: int = 4 * 2**20  # per JSON request body (gate.Limits)
 
 
 def build_app(options: ServeOptions) -> Any:
@@ -72,8 +73,12 @@ def build_app(options: ServeOptions) -> Any:
     engine = load_engine(base_path, options.max_batch, options.max_adapters)
     runner = JobRunner(jobs)
     fine_tuning = FineTuning(UploadedFiles(registry, runs_dir / "files"), jobs, runner, base_name, template)
-    limits = Limits(max_tokens=options.max_tokens, max_upload_bytes=options.max_upload_mb * 2**20)
-    gate = Gate(RequestLog(registry), keys, ServerMetrics(engine), limits)
+    limits = Limits(
+        max_tokens=options.max_tokens,
+        max_body_bytes=options.max_body_bytes,
+        max_upload_bytes=options.max_upload_mb * 2**20,
+    )
+    gate = Gate(RequestLog(registry), keys, ServerMetrics(engine, models.known), limits)
     return create_app(
         Server(engine, models, gate),
         routers=[routes.files_router, routes.jobs_router],

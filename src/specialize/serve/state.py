@@ -20,10 +20,10 @@ class Server:
     models: ServedModels
     gate: Gate
 
-    def lookup(self, model_id: str) -> ServedModel:
-        """The served model `model_id`, or a 404 naming the `model` field."""
+    def lookup(self, model_id: str, request: Request) -> ServedModel:
+        """The served model `model_id` as the request's key may see it, or a 404 naming the `model` field."""
         try:
-            return self.models.get(model_id)
+            return self.models.get(model_id, request.state.served.key_id, request.state.admin)
         except NotFoundError as exc:
             raise ApiError(404, str(exc), "model_not_found", "model") from None
 

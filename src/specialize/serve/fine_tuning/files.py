@@ -20,6 +20,7 @@ from typing import Any
 from specialize.data.load import empty_file, raise_problems, read_examples
 from specialize.errors import DataError, NotFoundError
 from specialize.runs import Registry, now
+from specialize.serve.api_keys import EVERY_KEY
 
 PURPOSE = "fine-tune"  # the only purpose this server stores files for
 
@@ -117,7 +118,10 @@ class UploadedFiles:
         stored.path.unlink(missing_ok=True)
 
     def _of(self, key_id: str | None) -> Any:
+        """The rows of key `key_id` (None: made without keys; `EVERY_KEY`: every key's, for an admin)."""
         owner = self.table.c.key_id
+        if key_id == EVERY_KEY:
+            return self.table.select()
         return self.table.select().where(owner.is_(None) if key_id is None else owner == key_id)
 
 

@@ -25,6 +25,7 @@ import yaml
 from specialize.config import RunConfig, load_config
 from specialize.errors import ConfigError, NotFoundError
 from specialize.runs import Registry, now, write_atomic
+from specialize.serve.api_keys import EVERY_KEY
 
 ACTIVE = ("queued", "validating_files", "running")
 Auto = Literal["auto"]
@@ -284,16 +285,16 @@ class FineTuningJobs:
                 return str(run["id"])
         return None
 
-    def fine_tuned_models(self) -> dict[str, str]:
-        """The model id each succeeded job's run is served as: run id -> `ft:` model id."""
+    def fine_tuned_models(self) -> dict[str, tuple[str | None, str | None]]:
+        """Every job's run, the model id it is served as once the job has succeeded (None before) and the key
+        that owns it: run id -> (`ft:` model id, key id)."""
         import sqlalchemy as sa
 
         c = self.jobs.c
-        query = sa.select(c.run_id, c.fine_tuned_model).where(
-            (c.status == "succeeded") & c.run_id.is_not(None) & c.fine_tuned_model.is_not(None)
-        )
+        query = sa.select(c.run_id, c.fine_tuned_model, c.status, c.key_id).where(c.run_id.is_not(None))
         with self.engine.connect() as conn:
-            return {str(run): str(model) for run, model in conn.execute(query).all()}
+            rows = conn.execute(query).all()
+        return {str(run): (model if status == "succeeded" else None, key) for run, model, status, key in rows}
 
     def status_of(self, job_id: str) -> str:
         with self.engine.connect() as conn:
@@ -319,7 +320,10 @@ class FineTuningJobs:
         return [Checkpoint(last, job.finished_at, metrics)]
 
     def _of(self, key_id: str | None) -> Any:
+        """The rows of key `key_id` (None: made without keys; `EVERY_KEY`: every key's, for an admin)."""
         owner = self.jobs.c.key_id
+        if key_id == EVERY_KEY:
+            return self.jobs.select()
         return self.jobs.select().where(owner.is_(None) if key_id is None else owner == key_id)
 
 

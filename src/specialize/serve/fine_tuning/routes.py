@@ -20,6 +20,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from specialize.errors import ConfigError, DataError, NotFoundError
+from specialize.serve.api_keys import EVERY_KEY
 from specialize.serve.fine_tuning.files import UploadedFile, UploadedFiles, row_format
 from specialize.serve.fine_tuning.jobs import FineTuningJob, FineTuningJobs, Hyperparameters, JobEvent
 from specialize.serve.fine_tuning.runner import JobRunner
@@ -48,6 +49,11 @@ def fine_tuning_of(request: Request) -> FineTuning:
     return ft
 
 
+def _viewer(request: Request) -> str | None:
+    """Whose files and jobs a request sees: its key's, or every key's for an admin key."""
+    return EVERY_KEY if request.state.admin and request.state.served.key_id else request.state.served.key_id
+
+
 files_router = APIRouter(route_class=GatedRoute)
 jobs_router = APIRouter(route_class=GatedRoute)
 
@@ -63,6 +69,10 @@ async def upload_file(request: Request) -> Response:
     if purpose is None:
         raise ApiError(400, "Missing 'purpose'; send purpose='fine-tune'.", "invalid_request", "purpose")
     filename, content = upload[0], upload[1]
+    if filename.encode("utf-8", "replace").decode() != filename:  # undecodable bytes in the part's header
+        raise ApiError(
+            400, "Invalid value for 'file': its filename is not UTF-8 text.", "invalid_unicode", "file"
+        )
     kind = purpose[1].decode(errors="replace")
     served.request = {"filename": filename, "purpose": kind, "bytes": len(content)}
     try:
@@ -81,34 +91,34 @@ async def list_files(
     order: str = Query("desc", pattern="^(asc|desc)$"),
     purpose: str | None = None,
 ) -> Response:
-    ft, served = fine_tuning_of(request), request.state.served
+    ft = fine_tuning_of(request)
     if purpose not in (None, "fine-tune"):
         found: list[UploadedFile] = []
     else:
         found = await asyncio.to_thread(
-            _or_404, ft.files.page, served.key_id, after, limit + 1, order == "desc"
+            _or_404, ft.files.page, _viewer(request), after, limit + 1, order == "desc"
         )
     return _page([_file_object(f) for f in found], limit)
 
 
 @files_router.get("/v1/files/{file_id}", name="files")
 async def get_file(file_id: str, request: Request) -> Response:
-    ft, served = fine_tuning_of(request), request.state.served
-    stored = await asyncio.to_thread(_or_404, ft.files.get, served.key_id, file_id)
+    ft = fine_tuning_of(request)
+    stored = await asyncio.to_thread(_or_404, ft.files.get, _viewer(request), file_id)
     return JSONResponse(_file_object(stored))
 
 
 @files_router.get("/v1/files/{file_id}/content", name="files")
 async def file_content(file_id: str, request: Request) -> Response:
-    ft, served = fine_tuning_of(request), request.state.served
-    stored = await asyncio.to_thread(_or_404, ft.files.get, served.key_id, file_id)
+    ft = fine_tuning_of(request)
+    stored = await asyncio.to_thread(_or_404, ft.files.get, _viewer(request), file_id)
     return FileResponse(stored.path, media_type="application/octet-stream", filename=stored.filename)
 
 
 @files_router.delete("/v1/files/{file_id}", name="files")
 async def delete_file(file_id: str, request: Request) -> Response:
-    ft, served = fine_tuning_of(request), request.state.served
-    await asyncio.to_thread(_or_404, ft.files.get, served.key_id, file_id)
+    ft = fine_tuning_of(request)
+    await asyncio.to_thread(_or_404, ft.files.get, _viewer(request), file_id)
     job = await asyncio.to_thread(ft.jobs.using_file, file_id)
     if job is not None:
         raise ApiError(
@@ -117,7 +127,7 @@ async def delete_file(file_id: str, request: Request) -> Response:
             "file_in_use",
             "file_id",
         )
-    await asyncio.to_thread(ft.files.delete, served.key_id, file_id)
+    await asyncio.to_thread(ft.files.delete, _viewer(request), file_id)
     return JSONResponse({"id": file_id, "object": "file", "deleted": True})
 
 
@@ -141,7 +151,7 @@ async def create_job(request: Request) -> Response:
     ):
         if file_id is not None:
             try:
-                files.append(await asyncio.to_thread(ft.files.get, served.key_id, file_id))
+                files.append(await asyncio.to_thread(ft.files.get, _viewer(request), file_id))
             except NotFoundError as exc:
                 raise ApiError(400, f"Invalid {param}: {exc}", "invalid_file", param) from None
     for param, file in zip(("training_file", "validation_file"), files, strict=False):
@@ -186,22 +196,22 @@ async def create_job(request: Request) -> Response:
 async def list_jobs(
     request: Request, after: str | None = None, limit: int = Query(20, ge=1, le=100)
 ) -> Response:
-    ft, served = fine_tuning_of(request), request.state.served
-    jobs = await asyncio.to_thread(_or_404, ft.jobs.page, served.key_id, after, limit + 1)
+    ft = fine_tuning_of(request)
+    jobs = await asyncio.to_thread(_or_404, ft.jobs.page, _viewer(request), after, limit + 1)
     return _page([_job_object(j) for j in jobs], limit)
 
 
 @jobs_router.get("/v1/fine_tuning/jobs/{job_id}", name="fine_tuning.jobs")
 async def get_job(job_id: str, request: Request) -> Response:
-    ft, served = fine_tuning_of(request), request.state.served
-    job = await asyncio.to_thread(_or_404, ft.jobs.get, served.key_id, job_id)
+    ft = fine_tuning_of(request)
+    job = await asyncio.to_thread(_or_404, ft.jobs.get, _viewer(request), job_id)
     return JSONResponse(_job_object(job))
 
 
 @jobs_router.post("/v1/fine_tuning/jobs/{job_id}/cancel", name="fine_tuning.jobs")
 async def cancel_job(job_id: str, request: Request) -> Response:
-    ft, served = fine_tuning_of(request), request.state.served
-    job = await asyncio.to_thread(_or_404, ft.jobs.get, served.key_id, job_id)
+    ft = fine_tuning_of(request)
+    job = await asyncio.to_thread(_or_404, ft.jobs.get, _viewer(request), job_id)
     if not await asyncio.to_thread(ft.jobs.set_status, job_id, "cancelled"):
         raise ApiError(
             400,
@@ -210,7 +220,7 @@ async def cancel_job(job_id: str, request: Request) -> Response:
         )
     await asyncio.to_thread(ft.jobs.add_event, job_id, "Fine-tuning job cancelled")
     ft.runner.wake()  # the worker kills the job's process within a second
-    job = await asyncio.to_thread(ft.jobs.get, served.key_id, job_id)
+    job = await asyncio.to_thread(ft.jobs.get, _viewer(request), job_id)
     return JSONResponse(_job_object(job))
 
 
@@ -218,8 +228,8 @@ async def cancel_job(job_id: str, request: Request) -> Response:
 async def job_events(
     job_id: str, request: Request, after: str | None = None, limit: int = Query(20, ge=1, le=1000)
 ) -> Response:
-    ft, served = fine_tuning_of(request), request.state.served
-    job = await asyncio.to_thread(_or_404, ft.jobs.get, served.key_id, job_id)
+    ft = fine_tuning_of(request)
+    job = await asyncio.to_thread(_or_404, ft.jobs.get, _viewer(request), job_id)
     events = await asyncio.to_thread(ft.jobs.events_of, job)
     return _page([_event_object(e) for e in _after(events, after)], limit)
 
@@ -228,8 +238,8 @@ async def job_events(
 async def job_checkpoints(
     job_id: str, request: Request, after: str | None = None, limit: int = Query(10, ge=1, le=100)
 ) -> Response:
-    ft, served = fine_tuning_of(request), request.state.served
-    job = await asyncio.to_thread(_or_404, ft.jobs.get, served.key_id, job_id)
+    ft = fine_tuning_of(request)
+    job = await asyncio.to_thread(_or_404, ft.jobs.get, _viewer(request), job_id)
     checkpoints = await asyncio.to_thread(ft.jobs.checkpoints_of, job)
     shaped = [
         {
@@ -262,16 +272,14 @@ async def _form(request: Request, max_bytes: int) -> dict[str, tuple[str | None,
             "Send the file as multipart/form-data with the parts 'file' and 'purpose'.",
             "invalid_request",
         )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise _upload_too_large(max_bytes)
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > max_bytes:
-            raise ApiError(
-                413,
-                f"The upload is over this server's limit of {max_bytes // 2**20} MB per file.",
-                "file_too_large",
-                "file",
-            )
+            raise _upload_too_large(max_bytes)
     message = BytesParser(policy=HTTP).parsebytes(
         f"Content-Type: {content_type}\r\n\r\n".encode() + bytes(body)
     )
@@ -286,6 +294,15 @@ async def _form(request: Request, max_bytes: int) -> dict[str, tuple[str | None,
             payload = part.get_payload(decode=True)
             parts[name] = (part.get_filename(), payload if isinstance(payload, bytes) else b"")
     return parts
+
+
+def _upload_too_large(max_bytes: int) -> ApiError:
+    return ApiError(
+        413,
+        f"The upload is over this server's limit of {max_bytes // 2**20} MB per file.",
+        "file_too_large",
+        "file",
+    )
 
 
 def _hyperparameters(body: FineTuningJobRequest) -> Hyperparameters:

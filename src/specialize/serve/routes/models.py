@@ -16,7 +16,7 @@ router = APIRouter(route_class=GatedRoute)
 @router.get("/v1/models", name="models")
 async def list_models(request: Request) -> Response:
     models = server_of(request).models
-    listed = await asyncio.to_thread(models.list)
+    listed = await asyncio.to_thread(models.list, request.state.served.key_id, request.state.admin)
     return JSONResponse(
         {
             "object": "list",
@@ -37,7 +37,7 @@ async def list_models(request: Request) -> Response:
 @router.get("/v1/models/{model_id:path}", name="models")
 async def get_model(model_id: str, request: Request) -> Response:
     request.state.served.model = model_id
-    model = await asyncio.to_thread(server_of(request).lookup, model_id)
+    model = await asyncio.to_thread(server_of(request).lookup, model_id, request)
     return JSONResponse(
         {"id": model.id, "object": "model", "created": model.created, "owned_by": "specialize"}
     )
