@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from specialize.evaluate.report import text_table as _table
 
 if TYPE_CHECKING:
     from specialize.deploy.api_keys import ApiKeys
+    from specialize.monitor.content import LogContent
     from specialize.pipeline import RunResult
 
 
@@ -322,6 +323,7 @@ def serve(
     fine_tune_config: str | None,
     max_upload_mb: int,
     max_body_bytes: int,
+    log_content: str,
 ) -> int:
     from specialize.config import DEFAULT_REGISTRY
     from specialize.serve import ServeOptions
@@ -342,6 +344,7 @@ def serve(
             fine_tune_config=fine_tune_config,
             max_upload_mb=max_upload_mb,
             max_body_bytes=max_body_bytes,
+            log_content=cast("LogContent", log_content),
         )
     )
     return 0

@@ -128,6 +128,13 @@ def _parser() -> argparse.ArgumentParser:
         "the files, base model, seed and hyperparameters",
     )
     s.add_argument(
+        "--log-content",
+        choices=("none", "redacted", "full"),
+        default="redacted",
+        help="what the request log keeps of prompts and answers: redacted (default: personal data masked), "
+        "full, or none (no text: no drift and no training data from traffic)",
+    )
+    s.add_argument(
         "--max-upload-mb", type=int, default=512, help="largest training file accepted (default 512 MB)"
     )
     s.add_argument(
@@ -308,6 +315,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             fine_tune_config=args.fine_tune_config,
             max_upload_mb=args.max_upload_mb,
             max_body_bytes=args.max_body_bytes,
+            log_content=args.log_content,
         )
     if args.command == "monitor":
         return commands.monitor(args.model, args.since, args.out, args.registry, args.json)

@@ -3,11 +3,10 @@ feedback given on them.
 
 Reads the registry's request log (`request_log.py`) and alias history (`runs.Registry`); writes nothing.
 
-A request addressed as `NAME@alias` was answered by the run the alias named when the request was looked up. The
-log records when a request ended and how long it took, so its start (end minus latency) is placed on the alias
-history: a request in flight during a move is counted for the run that answered it, the old one. (The model is
-looked up right after the body is read, a few milliseconds after the start; only a request whose body was still
-arriving at the very moment of a move could be placed on the wrong side.)
+A request addressed as `NAME@alias` was answered by the run the alias named when the request was looked up, which
+the server logs (`run_id`): a request in flight during a move counts for the run that answered it, the old one.
+Rows logged before that column existed are placed on the alias history by their start (logged time minus
+latency), which can misplace a request that was in flight at a move.
 """
 
 from __future__ import annotations
@@ -127,7 +126,7 @@ def read_exchanges(
         started = row["created_at"] - timedelta(milliseconds=row["latency_ms"])
         if (since is not None and started < since) or (until is not None and started >= until):
             continue
-        run_id = timeline.run_at(model, started)
+        run_id = row["run_id"] or timeline.run_at(model, started)
         wanted = models is None or model in models
         if name is not None and run_id is not None and timeline.name_of(run_id) == name:
             wanted = True
