@@ -181,3 +181,33 @@ def test_loop_promotes_the_gated_child_once(parent, good):
     second = loop(config, progress=False)  # cron again: nothing new since the child
     assert second.retrained is None and not second.promoted and second.exit_code == 0
     assert len(registry.list_runs()) == runs and registry.alias_target("tickets", "production") == good.child
+
+
+def test_a_second_loop_does_not_train_while_one_holds_the_lock(parent):
+    import subprocess
+    import sys
+
+    runs_dir = load_config(parent["config"]).runs_dir
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom specialize.retraining import _lock\nwith _lock(__import__('pathlib').Path(sys.argv[1])):"
+            "\n    print('held', flush=True)\n    time.sleep(600)",
+            str(runs_dir),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        runs = len(parent["registry"].list_runs())
+        result = loop(load_config(parent["config"]), progress=False)
+        assert result.locked_by == f"pid {holder.pid}" and result.report is None and result.exit_code == 0
+        code, out = cli("loop", str(parent["config"]))
+        assert code == 0 and "another loop holds the lock" in out
+        assert len(parent["registry"].list_runs()) == runs
+    finally:
+        holder.kill()  # killed, not released: the kernel drops its lock, no stale lock file is left to clear
+        holder.wait()
+    assert loop(load_config(parent["config"]), progress=False).locked_by is None
