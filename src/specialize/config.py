@@ -281,9 +281,9 @@ class RetrainConfig(_Section):
         0.3, gt=0, lt=1, description="Share of new examples held out to test parent and child on."
     )
     min_new_examples: int = Field(
-        20,
+        40,
         ge=1,
-        description="The loop retrains once this many new examples have come in since the last child.",
+        description="The loop retrains once this many new examples came in (40 x holdout 0.3 = 12 to test on).",
     )
 
 

@@ -434,6 +434,8 @@ def monitor(model: str, since: str | None, out: Path | None, registry_url: str |
             for t in drift["tests"]
         ]
         print(_table(["test", "effect", "threshold", "p-value", "flagged"], tests))
+        if drift.get("labels_note"):
+            print(f"label shift: {drift['labels_note']}")
     elif drift:
         print(f"\ninput drift: {drift.get('note', 'not judged')}")
     if doc["quality"].get("note"):

@@ -127,6 +127,8 @@ def _drift(drift: dict[str, Any] | None) -> str:
         f"{drift['template']['prefix_chars']} + {drift['template']['suffix_chars']} characters taken off).</p>",
         _table(["test", "effect", "threshold", "p-value", "flagged"], rows),
     ]
+    if drift.get("labels_note"):
+        out.append(f"<p class='note'>{escape(drift['labels_note'])}</p>")
     for t in drift["tests"]:
         details = t["details"]
         if t["name"] == "token_divergence" and details.get("over_represented"):

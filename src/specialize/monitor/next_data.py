@@ -127,7 +127,8 @@ def build_next_data(
     kto: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     if feedback:
-        exchanges = read_exchanges(registry, set(), name=registry.get_run(parent.id)["name"])
+        name = registry.get_run(parent.id)["name"]
+        exchanges = read_exchanges(registry, set(), name=name, with_feedback=True)
         rows = feedback_rows(exchanges, labels)
         gold += [{**r, "messages": with_system(r["messages"], system)} for r in rows.sft]
         feedback_pairs, kto, skipped = rows.pairs, rows.kto, rows.skipped

@@ -91,6 +91,7 @@ def read_exchanges(
     since: datetime | None = None,
     until: datetime | None = None,
     name: str | None = None,
+    with_feedback: bool = False,
 ) -> list[Exchange]:
     """Generation requests logged in [since, until), oldest first, with their feedback and answering run.
 
@@ -101,7 +102,10 @@ def read_exchanges(
         until: end of the window, None for now.
         name: also keep requests answered by any run of this run name, however addressed (a run id, or any
             `NAME@alias`): the lineage re-fine-tuning learns from.
+        with_feedback: only requests that received feedback.
     """
+    import sqlalchemy as sa
+
     log = RequestLog(registry)
     timeline = AliasTimeline(registry)
     r, f = log.requests.c, log.feedback.c
@@ -110,6 +114,8 @@ def read_exchanges(
         query = query.where(r.created_at >= since)  # ended after the window began; started is checked below
     if until is not None:  # a request logged up to an hour after `until` may still have started before it
         query = query.where(r.created_at < until + timedelta(hours=1))
+    if with_feedback:
+        query = query.where(r.id.in_(sa.select(f.request_id)))
     with log.engine.connect() as conn:
         rows = conn.execute(query).mappings().all()
         ids = [row["id"] for row in rows]
