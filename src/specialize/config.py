@@ -379,6 +379,11 @@ def load_config(path: Path | str | None, overrides: list[str] | None = None) -> 
     base_dir = Path.cwd()
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(
+                f"config file {path} is a folder; pass the path of a run YAML file (`specialize data check "
+                f"{path}` checks a folder of data files)"
+            )
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist; pass the path of a run YAML file")
         try:

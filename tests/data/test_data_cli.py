@@ -145,6 +145,10 @@ def test_check_reports_examples_longer_than_the_model_context(
     code = main(["data", "check", str(path), "--base-model", str(tiny_model_dir)])
 
     out = capsys.readouterr().out
-    assert code == 3
-    assert f"error: {path}:6: " in out and "longer than the 1024-token context of tiny-chat" in out
-    assert "too_long 1" in out  # and a run would reject it rather than fail
+    assert code == 0  # a run rejects the row and trains: the check's verdict is the run's
+    assert (
+        f"{path}:6: " in out
+        and "longer than the 1024-token context of tiny-chat" in out
+        and "error:" not in out
+    )
+    assert "too_long 1" in out

@@ -105,6 +105,32 @@ def test_a_cancelled_request_ends_and_frees_its_row(setup):
     assert finish(events)[1].finish_reason in {"cancelled", "stop", "length"}
 
 
+def test_adapters_admitted_together_are_all_kept_beyond_max_adapters(setup, tmp_path):
+    """With room for one adapter, requests of two adapters (and the base) admitted in one step are all answered
+    as alone: the adapter loaded second must not evict the first before its rows are pre-filled."""
+    _, tokenizer, models, base_dir = setup
+    other = make_adapter(base_dir, tmp_path / "lora2", 3, dora=False)
+    engine = Engine(
+        AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), tokenizer, max_adapters=1
+    )
+    ids = prompt_ids(engine, "What is the capital of France?")
+    pending = [
+        submit(engine, adapter, ids) for adapter in (models["lora"], other, None)
+    ]  # queued, then started
+    engine.start()
+    try:
+        for (_, events), adapter in zip(pending, (models["lora"], other, None), strict=True):
+            text, done = finish(events)
+            expected = reference(base_dir, adapter, ids)
+            eos = tokenizer.eos_token_id
+            expected = expected[: expected.index(eos)] if eos in expected else expected
+            assert done.finish_reason in {"stop", "length"} and text == tokenizer.decode(
+                expected, skip_special_tokens=True
+            )
+    finally:
+        engine.stop()
+
+
 def test_a_broken_adapter_fails_its_requests_only(setup, tmp_path):
     engine, tokenizer, models, _ = setup
     broken_dir = tmp_path / "broken"

@@ -16,6 +16,7 @@ from specialize.monitor.request_log import RequestLog
 from specialize.runs import Registry
 from specialize.serve.api_keys import ApiKeys
 from specialize.serve.app import create_app
+from specialize.serve.fine_tuning import FineTuning, FineTuningJobs, JobRunner, UploadedFiles, routes
 from specialize.serve.gate import Gate, Limits
 from specialize.serve.metrics import ServerMetrics
 from specialize.serve.served_models import ServedModels
@@ -47,14 +48,23 @@ class InProcess:
 
 
 def build(root: pathlib.Path, model_dir: pathlib.Path, limits: Limits | None = None) -> InProcess:
+    """The app with every router, the fine-tuning API's too (its worker is not started: jobs stay queued)."""
     registry = Registry(f"sqlite:///{root / 'registry.db'}")
     keys = ApiKeys(registry)
     _, secret = keys.create("tests")
     engine = load_engine(model_dir, max_batch=8, max_adapters=2)
-    models = ServedModels(str(model_dir), model_dir, registry)
+    jobs = FineTuningJobs(registry, root / "runs")
+    models = ServedModels(str(model_dir), model_dir, registry, aliases=jobs.fine_tuned_models)
     log = RequestLog(registry)
     gate = Gate(log, keys, ServerMetrics(engine, models.known), limits or Limits(max_tokens=32))
-    app = create_app(Server(engine, models, gate))
+    fine_tuning = FineTuning(
+        UploadedFiles(registry, root / "files"), jobs, JobRunner(jobs), str(model_dir), None
+    )
+    app = create_app(
+        Server(engine, models, gate),
+        routers=[routes.files_router, routes.jobs_router],
+        fine_tuning=fine_tuning,
+    )
     return InProcess(app, secret, registry, keys, log, engine, str(model_dir))
 
 

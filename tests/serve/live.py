@@ -21,6 +21,8 @@ from conftest import chat_row, classification_rows, write_jsonl
 from specialize.cli.main import main
 from specialize.runs import Registry
 
+MAX_BODY_BYTES = 1_000_000  # the live server's --max-body-bytes
+
 
 @dataclass(frozen=True)
 class LiveServer:
@@ -32,6 +34,23 @@ class LiveServer:
     base: str  # the base model's id (its directory)
     process: subprocess.Popen[bytes]
     log: pathlib.Path
+
+    @property
+    def root(self) -> str:
+        return self.url.removesuffix("/v1")
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    def logged(self, request_id: str, timeout: float = 30) -> list[dict]:
+        """The request log's rows of `request_id`, once there is one (a stream's row is written as it ends)."""
+        from specialize.monitor.request_log import RequestLog
+
+        log = RequestLog(self.registry)
+        return wait_until(
+            lambda: [r for r in log.requests_for() if r["id"] == request_id], timeout, f"row {request_id}"
+        )
 
 
 def wait_until(condition: Callable[[], Any], timeout: float = 60, what: str = "the condition") -> Any:
@@ -107,7 +126,7 @@ def live_server(tmp_path_factory, tiny_model_dir) -> Iterator[LiveServer]:
     port = free_port()
     log = root / "server.log"
     args = ["--base-model", str(tiny_model_dir), "--registry", registry_url, "--max-adapters", "1"]
-    process = start_server(args + ["--max-tokens", "64"], log, port)
+    process = start_server(args + ["--max-tokens", "64", "--max-body-bytes", str(MAX_BODY_BYTES)], log, port)
     try:
         yield LiveServer(
             f"http://127.0.0.1:{port}/v1",

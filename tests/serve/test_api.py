@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 from fastapi import FastAPI
@@ -114,11 +115,9 @@ async def test_keys_invalid_json_and_unknown_paths(api):
     assert broken.status_code == 400 and broken.json()["error"]["code"] == "invalid_json"
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "unknown_url"
     assert method.status_code == 405 and method.json()["error"]["code"] == "method_not_allowed"
-    assert [r["error_code"] for r in api.rows()[-3:]] == [
-        "invalid_api_key",
-        "invalid_api_key",
-        "invalid_json",
-    ]
+    codes = ["invalid_api_key", "invalid_api_key", "invalid_json", "unknown_url", "method_not_allowed"]
+    assert [r["error_code"] for r in api.rows()[-5:]] == codes
+    assert [r["endpoint"] for r in api.rows()[-2:]] == ["unrouted", "unrouted"]
 
 
 async def test_feedback_is_kept_with_its_request(api):
@@ -165,3 +164,71 @@ async def test_one_router_over_a_gate_alone(api):
         )
     assert refused.status_code == 401 and bad.status_code == 400 and bad.json()["error"]["param"] == "stars"
     assert [r["error_code"] for r in api.rows()[-2:]] == ["invalid_api_key", "invalid_request"]
+
+
+class ThreadRecorder:
+    """The engine's tokenizer, recording which thread templates and tokenizes with it."""
+
+    def __init__(self, tokenizer) -> None:
+        self._tokenizer, self.threads = tokenizer, []
+
+    def __call__(self, *args, **kwargs):
+        self.threads.append(threading.get_ident())
+        return self._tokenizer(*args, **kwargs)
+
+    def apply_chat_template(self, *args, **kwargs):
+        self.threads.append(threading.get_ident())
+        return self._tokenizer.apply_chat_template(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+
+async def test_bodies_are_decoded_templated_and_tokenized_off_the_event_loop(api, monkeypatch):
+    """Issue 14, defect 1: tokenizing ran on the event loop, so one large request froze every other."""
+    import specialize.serve.gate as gate
+
+    recorder = ThreadRecorder(api.engine.tokenizer)
+    monkeypatch.setattr(api.engine, "tokenizer", recorder)
+    decoding = []
+    real_decode = gate._decode
+    monkeypatch.setattr(gate, "_decode", lambda *a: decoding.append(threading.get_ident()) or real_decode(*a))
+    loop_thread = threading.get_ident()
+    async with api.client() as client:
+        chat = await client.post(
+            "/v1/chat/completions", json={"model": api.base, "messages": QUESTION, "max_tokens": 2}
+        )
+        text = await client.post(
+            "/v1/completions", json={"model": api.base, "prompt": "Hello", "max_tokens": 2}
+        )
+    assert chat.status_code == text.status_code == 200
+    assert len(recorder.threads) >= 3 and len(decoding) == 2  # template + tokenize, tokenize; two bodies
+    assert loop_thread not in recorder.threads + decoding
+
+
+async def test_every_5xx_is_answered_in_shape_and_logged_with_its_error(api, monkeypatch, tmp_path):
+    """Issue 14, defect 3: the 500s were plain text and none was logged."""
+    from specialize.config import load_config, save_resolved
+    from specialize.runs import RunDir
+
+    run = RunDir.create(tmp_path, "broken-run")  # a finished run whose adapter cannot be loaded
+    save_resolved(load_config(None, ['data.train="x.jsonl"']), run.config)
+    (run.train / "adapter").mkdir()
+    (run.train / "adapter" / "adapter_config.json").write_text('{"use_dora": false}')
+    api.registry.create_run(run, "broken-run", api.base, {})
+    api.registry.finish_run(run.id, "completed")
+    body = {"model": run.id, "messages": QUESTION, "max_tokens": 2}
+    async with api.client() as client:
+        whole = await client.post("/v1/chat/completions", json=body)
+        streamed = await client.post("/v1/chat/completions", json={**body, "stream": True})
+        monkeypatch.setattr(api.app.state.server.models, "list", lambda *_: 1 / 0)
+        crashed = await client.get("/v1/models")
+    assert whole.status_code == 500 and whole.json()["error"]["type"] == "server_error"
+    assert '"server_error"' in streamed.text  # a stream has sent its 200 already: the error is its last event
+    assert crashed.status_code == 500 and crashed.json()["error"]["code"] == "server_error"
+    rows = {r["id"]: r for r in api.rows()}
+    whole_row = rows[next(r for r in rows if r.startswith("chatcmpl-") and rows[r]["model"] == run.id)]
+    assert whole_row["status_code"] == 500 and "cannot load model" in whole_row["response"]
+    failed = [r for r in rows.values() if r["status_code"] == 500]
+    assert len(failed) == 3 and all(r["response"] for r in failed)
+    assert any("ZeroDivisionError" in r["response"] for r in failed)

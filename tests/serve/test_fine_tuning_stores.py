@@ -125,3 +125,18 @@ def test_events_runs_and_fine_tuned_models(registry, tmp_path):
     assert jobs.fine_tuned_models() == {run.id: (None, "key_a")}  # its key's, not served as ft: yet
     jobs.set_status(job.id, "succeeded", fine_tuned_model="ft:tiny:sfx:1", run_id=run.id)
     assert jobs.fine_tuned_models() == {run.id: ("ft:tiny:sfx:1", "key_a")}
+
+
+def test_a_run_config_that_recorded_its_job_still_loads(tmp_path):
+    """Runs of the server's jobs once recorded the job in their config (`fine_tuning_job`); the job store holds
+    it now, and those runs stay loadable (servable, evaluable)."""
+    import yaml
+
+    from specialize.config import load_resolved, save_resolved
+
+    path = tmp_path / "config.resolved.yaml"
+    save_resolved(load_config(None, ['data.train="x.jsonl"', "name=ftjob-1"]), path)
+    doc = yaml.safe_load(path.read_text())
+    doc["fine_tuning_job"] = {"id": "ftjob-1", "fine_tuned_model": "ft:tiny::1"}
+    path.write_text(yaml.safe_dump(doc))
+    assert load_resolved(path).name == "ftjob-1"

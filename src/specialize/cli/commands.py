@@ -273,11 +273,9 @@ def _render_audit(audit: dict[str, Any]) -> str:
             [label, str(c["train"]), str(c["validation"])]
             for label, c in sorted(audit["labels"].items(), key=lambda kv: -kv[1]["train"])
         ]
-        lines += [
-            "",
-            _table(["label", "train", "validation"], rows),
-            f"imbalance ratio (largest/smallest class in train): {audit['imbalance_ratio']}",
-        ]
+        lines += ["", _table(["label", "train", "validation"], rows)]
+        if "imbalance_ratio" in audit:  # none when no training example has a label (an empty train file)
+            lines.append(f"imbalance ratio (largest/smallest class in train): {audit['imbalance_ratio']}")
     dup, leak = audit["duplicates"], audit["leakage"]
     lines.append(
         f"\nduplicates removed: {dup['exact']} exact, {dup['near']} near; leakage removed from train: "

@@ -264,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="specialize: %(message)s", stream=sys.stderr)
     for noisy in ("transformers", "httpx", "urllib3", "gguf", "absl"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    # transformers sets its own logger's level when it is first imported, undoing the line above: this is the
+    # level it sets then (its warnings, such as a tokenized text longer than the model, are ours to report).
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     # PEFT calls a transformers method that transformers deprecates: a note for PEFT's authors, not our users.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     if args.quiet:

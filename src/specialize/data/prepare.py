@@ -159,20 +159,28 @@ def check_data(
     config, base_model, seed = _check_config(Path(target), validation, base_model, overrides or [])
     loaded = [_read(path, config) if path is not None else None for path in (config.train, config.validation)]
     problems = [p for result in loaded if result for p in result.problems]
+    # The verdict of `specialize run` on the same files: empty files and nothing left after cleaning stop a run,
+    # rows over the context do not (they are rejected as too long, like any row over data.max_tokens).
+    problems += [empty_file(r.path) for r in loaded if r is not None and not r.examples and not r.problems]
     train = loaded[0].examples if loaded[0] else []
     val = loaded[1].examples if loaded[1] is not None else None
     counter = counter_for_check(base_model)
     cleaned = clean(config, train, val, counter, seed)
-    problems += cleaned.over_context if counter.exact else []
+    if not problems and (not cleaned.train or not cleaned.validation):
+        problems.append(
+            f"after cleaning, {len(cleaned.train)} training and {len(cleaned.validation)} validation examples "
+            "remain; the audit's rejected rows say why rows were removed"
+        )
     files = {
         "train": _file_info(config.train, train, loaded[0]),
         "validation": _file_info(config.validation, val, loaded[1]),
     }
     report = _audit(config, cleaned, counter, files)
-    if cleaned.over_context and not counter.exact:
+    if cleaned.over_context:
+        counted = "" if counter.exact else " (estimated counts; check again with the model cached)"
         report["warnings"].append(
-            f"{len(cleaned.over_context)} example(s) may exceed the model's context "
-            "(estimated counts); check again with the model cached"
+            f"{len(cleaned.over_context)} example(s) longer than the model's context{counted} will be rejected: "
+            + "; ".join(cleaned.over_context[:3])
         )
     return DataCheck(report, problems)
 

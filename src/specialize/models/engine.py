@@ -237,9 +237,10 @@ class Engine:
             self._waiting.remove(request)
             admitted.append(request)
         rows = []
+        needed = {r.adapter.id for r in admitted if r.adapter is not None}
         for request in admitted:
             try:
-                name = self._load(request.adapter)
+                name = self._load(request.adapter, needed)
             except Exception as exc:  # a broken adapter directory fails its own requests only
                 log.exception("cannot load adapter %s", request.adapter and request.adapter.id)
                 request.sink(Done("error", "", len(request.prompt), 0, f"cannot load model: {exc}"))
@@ -258,7 +259,15 @@ class Engine:
             self._batch.mixed = not _dora(rows[0].tag.adapter)
             if not self._batch.mixed:
                 self.model.set_adapter(rows[0].adapter)
-        self._batch.add(rows)
+        try:
+            self._batch.add(rows)
+        except (
+            Exception
+        ) as exc:  # a failed pre-fill ends its requests with an error, never leaves them waiting
+            log.exception("pre-filling %d requests failed", len(rows))
+            for row in rows:
+                if not any(row is r for r in self._batch.rows):
+                    row.tag.sink(Done("error", "", len(row.prompt), 0, f"{type(exc).__name__}: {exc}"))
 
     def _compatible(self, request: Request, admitted: list[Request]) -> bool:
         """DoRA rows only share a batch with rows of the same adapter; LoRA and base rows mix freely."""
@@ -267,8 +276,9 @@ class Engine:
             return all(a == request.adapter for a in others)
         return True
 
-    def _load(self, adapter: Adapter | None) -> str:
-        """The PEFT name of `adapter`, loading it (and dropping the least recently used) if needed."""
+    def _load(self, adapter: Adapter | None, needed: set[str]) -> str:
+        """The PEFT name of `adapter`, loading it if needed, and dropping the least recently used adapters beyond
+        `max_adapters` that no row in the batch uses and no request being admitted (`needed`) is about to."""
         if adapter is None:
             return BASE_ADAPTER
         if adapter.id in self._adapters:
@@ -286,7 +296,7 @@ class Engine:
             self._batch.model = self.model
         self._adapters[adapter.id] = name
         log.info("loaded adapter %s in %.2f s", adapter.id, time.perf_counter() - started)
-        in_use = {r.tag.adapter.id for r in self._batch.rows if r.tag.adapter is not None}
+        in_use = {r.tag.adapter.id for r in self._batch.rows if r.tag.adapter is not None} | needed
         for old in list(self._adapters):
             if len(self._adapters) <= self.max_adapters:
                 break

@@ -111,9 +111,7 @@ class DecodeBatch:
         if echo:
             for row, row_logits in zip(rows, logits, strict=True):
                 scores = row_logits[width - len(row.prompt) : -1].log_softmax(-1)
-                row.prompt_logprobs = [
-                    _logprob(scores[i], token, row.logprobs or 0) for i, token in enumerate(row.prompt[1:])
-                ]
+                row.prompt_logprobs = _logprobs(scores, row.prompt[1:], row.logprobs or 0)
             logits = logits[:, -1]
         if self.rows:
             self._cache, self._mask = _merge(self._cache, self._mask, cache, mask)
@@ -128,7 +126,8 @@ class DecodeBatch:
         for i, (row, token) in enumerate(zip(self.rows, chosen, strict=True)):
             row.tokens.append(token)
             if row.logprobs is not None:
-                row.token_logprobs.append(_logprob(self._next_logits[i].log_softmax(-1), token, row.logprobs))
+                scores = self._next_logits[i : i + 1].log_softmax(-1)
+                row.token_logprobs += _logprobs(scores, [token], row.logprobs)
         self._mask = torch.cat([self._mask, torch.ones(len(self.rows), 1, dtype=torch.long)], dim=1)
         ids = torch.tensor(chosen).unsqueeze(1)
         self._next_logits = self._forward(ids, self._mask, self._cache, [r.adapter for r in self.rows])
@@ -217,11 +216,19 @@ def _merge(
     return cache_a, torch.cat([pad(mask_a, 1), pad(mask_b, 1)])
 
 
-def _logprob(scores: torch.Tensor, token: int, top: int) -> TokenLogprob:
-    """`token`'s entry in one position's log-probabilities, with the `top` most likely tokens there."""
-    best = scores.topk(top) if top else None
-    alternatives = [] if best is None else list(zip(best.indices.tolist(), best.values.tolist(), strict=True))
-    return TokenLogprob(token, float(scores[token]), alternatives)
+def _logprobs(scores: torch.Tensor, tokens: list[int], top: int) -> list[TokenLogprob]:
+    """Each token's entry in its position's log-probabilities (`scores`, one row per token), with the `top` most
+    likely tokens there; all positions at once (a prompt of thousands of tokens is echoed)."""
+    chosen = scores.gather(1, torch.tensor(tokens, dtype=torch.long)[:, None])[:, 0].tolist()
+    if not top:
+        return [TokenLogprob(t, lp, []) for t, lp in zip(tokens, chosen, strict=True)]
+    best = scores.topk(top, dim=-1)
+    return [
+        TokenLogprob(t, lp, list(zip(ids, values, strict=True)))
+        for t, lp, ids, values in zip(
+            tokens, chosen, best.indices.tolist(), best.values.tolist(), strict=True
+        )
+    ]
 
 
 def _pick(logits: torch.Tensor, row: Row) -> int:

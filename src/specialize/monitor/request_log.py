@@ -9,7 +9,7 @@ copy with personal data masked, all of it) is the log's `content` mode, `special
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, fields
 from typing import Any
 
 from specialize.errors import NotFoundError
@@ -36,10 +36,8 @@ class ServedRequest:
     latency_ms: float = 0.0
     request: dict[str, Any] | None = None
     response: str | None = None
-    run_id: str | None = (
-        None  # the run whose adapter answered (a `NAME@alias` request names it only by alias)
-    )
-    extra: dict[str, Any] = field(default_factory=dict)
+    # the run whose adapter answered: a `NAME@alias` request names it only by its alias
+    run_id: str | None = None
 
 
 class RequestLog:
@@ -89,8 +87,9 @@ class RequestLog:
     def record(self, req: ServedRequest) -> None:
         """Write one row; a body or answer over `MAX_STORED_CHARS` is kept as its head and its length, and text
         that is no valid Unicode is kept with U+FFFD in place of what cannot be stored."""
-        values = {k: _text(v) if isinstance(v, str) else v for k, v in asdict(req).items()}
-        values.pop("extra")
+        # Field by field, not `asdict`, which would deep-copy the request body for nothing.
+        values = {f.name: getattr(req, f.name) for f in fields(req)}
+        values = {k: _text(v) if isinstance(v, str) else v for k, v in values.items()}
         request, response = self.content.body(req.request), self.content.answer(req.response)
         values["response"] = None if response is None else _text(response)
         if request is not None:

@@ -56,13 +56,15 @@ def create_app(
     for router in (chat.router, completions.router, models.router, feedback.router, *routers, health.router):
         app.include_router(router)
 
+    # Requests no route takes are refused and logged too (endpoint "unrouted"), without looking at their key.
     @app.exception_handler(404)
     async def not_found(request: Request, _: Exception) -> Response:
-        return ApiError(404, f"Unknown path {request.url.path}.", "unknown_url").response()
+        error = ApiError(404, f"Unknown path {request.url.path}.", "unknown_url")
+        return await server.gate.refuse_unrouted(request, error)
 
     @app.exception_handler(405)
     async def wrong_method(request: Request, _: Exception) -> Response:
         message = f"{request.method} is not allowed on {request.url.path}."
-        return ApiError(405, message, "method_not_allowed").response()
+        return await server.gate.refuse_unrouted(request, ApiError(405, message, "method_not_allowed"))
 
     return app

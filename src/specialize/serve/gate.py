@@ -156,7 +156,11 @@ class Gate:
         served: ServedRequest = state.served
         served.latency_ms = (time.perf_counter() - state.started) * 1000
         self.metrics.observe(served)
-        return self._writer.submit(self._write, served)
+        try:
+            return self._writer.submit(self._write, served)
+        except RuntimeError:  # the writer has stopped (the server is shutting down): write it here
+            self._write(served)
+            return None
 
     async def logged(self, request: Request) -> None:
         """Finish the request and wait until its row is written (an answer's row exists before its client reads
@@ -171,6 +175,12 @@ class Gate:
             served.status_code, served.error_code, served.response = error.status, error.code, error.detail
             await self.logged(request)
         return error.response()
+
+    async def refuse_unrouted(self, request: Request, error: ApiError) -> Response:
+        """Refuse and log a request that no route takes (an unknown path, a wrong method)."""
+        served = ServedRequest(f"req-{secrets.token_hex(12)}", "unrouted")
+        request.state.served, request.state.started, request.state.logged = served, time.perf_counter(), False
+        return await self.refuse(request, error)
 
     def abandon(self, request: Request) -> None:
         """Log a request whose client left before its answer (status 499, as nginx counts them)."""
@@ -194,8 +204,27 @@ class Gate:
             log.exception("cannot write request %s to the request log", served.id)
 
 
+# The most arrays and objects, and values, a JSON body may hold, counted as brackets and commas in its text (so
+# those inside strings count too). Python's JSON parser holds the GIL, every other thread waiting, for as long as it
+# runs, and its time grows with the values it makes: 4 MB of one-element arrays took 1.4 s, 4 MB of text 40 ms.
+# A request this server answers holds a few thousand of them (2,048 messages, prompts of a few thousand tokens).
+MAX_JSON_CONTAINERS = 2**14
+MAX_JSON_VALUES = 2**18
+
+
 def _decode(raw: bytes, schema: type[BaseModel], served: ServedRequest) -> Any:
     """Parse and validate a JSON body (on a thread); the parsed body goes on the request's log row."""
+    containers = raw.count(b"[") + raw.count(b"{")
+    values = containers + raw.count(b",")
+    if containers > MAX_JSON_CONTAINERS or values > MAX_JSON_VALUES:
+        served.request = {"bytes": len(raw), "arrays_and_objects": containers, "values": values}
+        raise ApiError(
+            413,
+            f"The request body holds {containers:,} brackets and {values:,} values or more (counted in its text), "
+            f"more than this server parses: {MAX_JSON_CONTAINERS:,} arrays and objects, {MAX_JSON_VALUES:,} "
+            "values. Send fewer messages or prompts per request.",
+            "request_too_large",
+        )
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
