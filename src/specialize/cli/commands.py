@@ -417,7 +417,14 @@ def monitor(model: str, since: str | None, out: Path | None, registry_url: str |
         for m in doc["models"]
     ]
     header = ["model", "requests", "p50 ms", "p95 ms", "errors", "ratings", "corrections", "judged bad"]
-    print(_table(header, rows) if rows else "no requests in the window")
+    if rows:
+        print(_table(header, rows))
+    elif doc["run"] is None and "@" not in model:
+        print(
+            f"no requests for {model} in the window; a run name is watched as NAME@alias, e.g. {model}@production"
+        )
+    else:
+        print("no requests in the window")
     drift = doc["drift"]
     if drift and drift["tests"]:
         print(f"\ninput drift ({drift['prompts']} prompts against the run's training data):")
