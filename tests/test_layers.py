@@ -1,4 +1,4 @@
-"""Imports point down the layers (docs/architecture.md): core <- stages <- pipeline <- interfaces.
+"""Imports point down the layers (docs/architecture.md): core <- stages <- orchestration <- interfaces.
 
 Every import in src/specialize counts, those inside functions and under TYPE_CHECKING included.
 """
@@ -14,11 +14,12 @@ SOURCE = pathlib.Path(specialize.__file__).parent
 CORE = {"config", "errors", "runs"}
 STAGES = {"data", "models", "search", "train", "evaluate", "deploy", "monitor"}
 INTERFACES = {"cli", "serve", "ui"}
+ORCHESTRATION = {"pipeline", "retraining"}
 FORBIDDEN = {
-    **{core: STAGES | INTERFACES | {"pipeline"} for core in CORE},
-    **{stage: INTERFACES | {"pipeline"} for stage in STAGES},
-    "data": INTERFACES | {"pipeline", "train", "evaluate"},  # the first stage knows none after it
-    "pipeline": INTERFACES,
+    **{core: STAGES | INTERFACES | ORCHESTRATION for core in CORE},
+    **{stage: INTERFACES | ORCHESTRATION for stage in STAGES},
+    "data": INTERFACES | ORCHESTRATION | {"train", "evaluate"},  # the first stage knows none after it
+    **{module: INTERFACES for module in ORCHESTRATION},
 }
 
 

@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import difflib
 import subprocess
+from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from specialize.errors import ConfigError
@@ -418,6 +427,118 @@ class SearchParam(BaseModel):
         return {self.kind: self.values}
 
 
+class DriftConfig(_Section):
+    """When `specialize monitor` calls the inputs drifted from the training data (tests in monitor/drift.py).
+
+    Each test flags when its p-value is below `alpha` and its effect is at least its threshold: the p-value says
+    the shift is not sampling noise, the threshold that it is large enough to act on.
+    """
+
+    alpha: float = Field(0.01, gt=0, lt=0.5, description="Significance level of each drift test.")
+    min_requests: int = Field(50, ge=10, description="Fewer logged prompts than this: drift is not judged.")
+    token_divergence: float = Field(
+        0.02, gt=0, le=1, description="Excess Jensen-Shannon divergence of token distributions, in bits."
+    )
+    length_shift: float = Field(
+        0.2, gt=0, le=1, description="Kolmogorov-Smirnov distance of prompt lengths in tokens."
+    )
+    far_share: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="Share of prompts far from every training example, above the calibrated `far_quantile`.",
+    )
+    far_quantile: float = Field(
+        0.05, gt=0, lt=0.5, description="Held-out prompts less similar than this quantile count as far."
+    )
+    label_shift: float = Field(
+        0.15, gt=0, le=1, description="Total variation distance of answered labels vs training labels."
+    )
+
+
+class QualityConfig(_Section):
+    """When feedback and errors count as a quality drop."""
+
+    max_negative_share: float = Field(
+        0.25, gt=0, le=1, description="Share of rated or corrected answers that were bad."
+    )
+    max_error_rate: float = Field(0.05, gt=0, le=1, description="Share of requests answered with an error.")
+    min_feedback: int = Field(20, ge=1, description="Fewer rated or corrected answers: quality not judged.")
+
+
+class GateConfig(_Section):
+    """What a retrained child must show before it replaces its parent (monitor/promotion.py)."""
+
+    margin: float = Field(
+        0.02, ge=0, lt=1, description="Largest drop of the headline metric on the regression set allowed."
+    )
+    alpha: float = Field(0.05, gt=0, lt=0.5, description="Level of the one-sided paired bootstrap tests.")
+    max_examples: int | None = Field(
+        None, gt=0, description="Regression set: a seeded sample of this many (frozen once)."
+    )
+    min_new_examples: int = Field(10, ge=1, description="Fewer held-out new examples: the child is refused.")
+
+
+class RetrainConfig(_Section):
+    """What the next dataset is made of (`specialize retrain`, `specialize loop`)."""
+
+    feedback: bool = Field(True, description="Learn from corrections and ratings of served answers.")
+    data: list[Path] = Field(default_factory=list, description="New data files, read as `data:` reads.")
+    golden: Path | None = Field(None, description="Examples added to the frozen regression set.")
+    holdout: float = Field(
+        0.3, gt=0, lt=1, description="Share of new examples held out to test parent and child on."
+    )
+    min_new_examples: int = Field(
+        40,
+        ge=1,
+        description="The loop retrains once this many new examples came in (40 x holdout 0.3 = 12 to test on).",
+    )
+
+
+class MonitorConfig(_Section):
+    """Monitoring of the served model and its continuous fine-tuning (`specialize monitor`, `loop`)."""
+
+    alias: str = Field(
+        "production", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Alias the loop watches."
+    )
+    since: str = Field("7d", description="Window of traffic looked at: 7d, 12h, 30m, 2w or an ISO date.")
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
+
+    @field_validator("since")
+    @classmethod
+    def _window(cls, since: str) -> str:
+        window_start(since)
+        return since
+
+
+_WINDOW_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def window_start(since: str, now: datetime | None = None) -> datetime:
+    """The UTC time (naive, as the registry stores times) a window `since` begins: `7d`, `12h`, `30m`, `2w` back
+    from `now`, or an ISO date or time.
+
+    Raises:
+        ValueError: neither form; the message names both.
+    """
+    text = since.strip()
+    if len(text) > 1 and text[-1] in _WINDOW_UNITS and text[:-1].isdigit():
+        start = (now or datetime.now(UTC).replace(tzinfo=None)) - timedelta(
+            **{_WINDOW_UNITS[text[-1]]: int(text[:-1])}
+        )
+        return start
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"{since!r} is not a window: give a number and a unit (30m, 12h, 7d, 2w) or an ISO date (2025-01-31)"
+        ) from None
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
+
+
 class RunConfig(_Section):
     """Everything one run needs; each stage receives only its own section."""
 
@@ -438,6 +559,8 @@ class RunConfig(_Section):
         description="`specialize tune`: dotted config key -> distribution, e.g. train.learning_rate: "
         "{log_uniform: [1e-5, 3e-3]}; absent: a default space (search/space.py).",
     )
+
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
 
     @model_validator(mode="after")
     def _on_policy_needs_a_reward(self) -> RunConfig:
@@ -596,6 +719,14 @@ def load_config(path: Path | str | None, overrides: list[str] | None = None) -> 
     if data.validation is not None:
         data.validation = _relative_to(
             data.validation, Path.cwd() if "data.validation" in typed else base_dir
+        )
+    retrain = config.monitor.retrain
+    retrain.data = [
+        _relative_to(p, Path.cwd() if "monitor.retrain.data" in typed else base_dir) for p in retrain.data
+    ]
+    if retrain.golden is not None:
+        retrain.golden = _relative_to(
+            retrain.golden, Path.cwd() if "monitor.retrain.golden" in typed else base_dir
         )
     documents = config.eval.rag_documents
     if documents is not None:

@@ -80,3 +80,9 @@ class RewardError(SpecializeError):
     model could not be reached; the message names the reward and the row."""
 
     exit_code = 10
+
+
+class PromotionError(SpecializeError):
+    """A run may not be moved behind an alias: the gate refused it, or there is nothing to roll back to."""
+
+    exit_code = 11

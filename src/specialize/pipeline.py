@@ -70,8 +70,8 @@ def run(config: RunConfig, progress: bool = True, parent_run: str | None = None)
     Args:
         config: a validated run config (see `specialize.config.load_config`).
         progress: show progress bars.
-        parent_run: the run this one descends from (a hyperparameter study), recorded in the registry and
-            shown in the model card.
+        parent_run: the run this one descends from (a hyperparameter study, or a retrained child's parent),
+            recorded in the registry and shown in the model card.
 
     Returns:
         The run's id, directory, and the result of each stage.
@@ -164,7 +164,9 @@ def create_run(
     run_dir, staged = build_run_dir(config.runs_dir, new_run_id(config.name), fill)
     data = dataclasses.replace(staged, directory=run_dir.data)
     registry = Registry(config.registry_url)
-    registry.create_run(run_dir, config.name, config.base_model, config.model_dump(mode="json"), parent_run)
+    registry.create_run(
+        run_dir, config.name, config.base_model, config.model_dump(mode="json"), parent_run=parent_run
+    )
     registry.log_metrics(
         run_dir.id,
         "data",

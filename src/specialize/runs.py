@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from specialize.errors import ConfigError, RunNotFoundError
+from specialize.errors import ConfigError, NotFoundError, RunNotFoundError
 
 if TYPE_CHECKING:
     from specialize.config import RunConfig
@@ -161,6 +161,28 @@ class Registry:
             sa.Column("path", sa.String(1000), nullable=False),
             sa.Column("created_at", sa.DateTime, nullable=False),
         )
+        # An alias (`production`, `candidate`, any name) points at one run of a run name; every move is kept, so
+        # a rollback knows where to go and monitoring knows which run answered `NAME@alias` at any moment.
+        self.aliases = sa.Table(
+            "aliases",
+            meta,
+            sa.Column("name", sa.String(200), primary_key=True),
+            sa.Column("alias", sa.String(100), primary_key=True),
+            sa.Column("run_id", sa.String(200), sa.ForeignKey("runs.id"), nullable=False),
+            sa.Column("updated_at", sa.DateTime, nullable=False),
+        )
+        self.alias_history = sa.Table(
+            "alias_history",
+            meta,
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+            sa.Column("name", sa.String(200), nullable=False, index=True),
+            sa.Column("alias", sa.String(100), nullable=False),
+            sa.Column("run_id", sa.String(200), sa.ForeignKey("runs.id"), nullable=False),
+            sa.Column("previous_run", sa.String(200)),
+            sa.Column("action", sa.String(20), nullable=False),
+            sa.Column("note", sa.Text),
+            sa.Column("created_at", sa.DateTime, nullable=False),
+        )
         meta.create_all(self.engine)
 
     def create_run(
@@ -266,12 +288,95 @@ class Registry:
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(query).mappings().all()]
 
+    def set_alias(
+        self, run_id: str, alias: str, action: str = "promote", note: str | None = None
+    ) -> str | None:
+        """Point `alias` of the run's name at `run_id`, and record the move; returns the run it pointed at before."""
+        name = self.get_run(run_id)["name"]
+        a = self.aliases.c
+        with self.engine.begin() as conn:
+            where = (a.name == name) & (a.alias == alias)
+            previous = conn.execute(self._sa.select(a.run_id).where(where)).scalar()
+            moment = now()
+            if previous is None:
+                conn.execute(
+                    self.aliases.insert().values(name=name, alias=alias, run_id=run_id, updated_at=moment)
+                )
+            else:
+                conn.execute(self.aliases.update().where(where).values(run_id=run_id, updated_at=moment))
+            conn.execute(
+                self.alias_history.insert().values(
+                    name=name,
+                    alias=alias,
+                    run_id=run_id,
+                    previous_run=previous,
+                    action=action,
+                    note=note,
+                    created_at=moment,
+                )
+            )
+        return previous
+
+    def alias_target(self, name: str, alias: str) -> str | None:
+        """The run `NAME@alias` names now, or None."""
+        a = self.aliases.c
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                self._sa.select(a.run_id).where((a.name == name) & (a.alias == alias))
+            ).scalar()
+        return None if found is None else str(found)
+
+    def list_aliases(self, name: str | None = None) -> list[dict[str, Any]]:
+        query = self.aliases.select().order_by(self.aliases.c.name, self.aliases.c.alias)
+        if name is not None:
+            query = query.where(self.aliases.c.name == name)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings().all()]
+
+    def alias_history_of(self, name: str | None = None, alias: str | None = None) -> list[dict[str, Any]]:
+        """Every move of the aliases (of `name`, of `alias`), oldest first."""
+        h = self.alias_history.c
+        query = self.alias_history.select().order_by(h.id)
+        if name is not None:
+            query = query.where(h.name == name)
+        if alias is not None:
+            query = query.where(h.alias == alias)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings().all()]
+
+    def rollback_target(self, name: str, alias: str) -> tuple[str, str]:
+        """(the run `NAME@alias` names now, the run it named before that run was promoted to it).
+
+        Rollbacks walk back one promotion at a time: after promote A, B, C, a rollback goes to B and the next to A.
+
+        Raises:
+            NotFoundError: no such alias, or nothing before its first run.
+        """
+        current = self.alias_target(name, alias)
+        if current is None:
+            raise NotFoundError(
+                f"no alias {name}@{alias}; `specialize aliases` lists them, `specialize promote RUN --alias "
+                f"{alias}` makes one"
+            )
+        promoted = [
+            h
+            for h in self.alias_history_of(name, alias)
+            if h["action"] == "promote" and h["run_id"] == current
+        ]
+        before = promoted[-1]["previous_run"] if promoted else None
+        if before is None:
+            raise NotFoundError(
+                f"{name}@{alias} names {current}, its first run: there is nothing to roll back to"
+            )
+        return current, str(before)
+
 
 def open_run(run: str, registry_url: str | None = None) -> tuple[RunDir, RunConfig, Registry]:
     """A run's directory, resolved config and registry, from its id or its directory.
 
     Every command that works on an existing run (resume, eval, export) starts here, so a run is named the same way
-    everywhere: by id (looked up in `registry_url`, default the one in `runs/`) or by the path of its directory.
+    everywhere: by id (looked up in `registry_url`, default the one in `runs/`), by `NAME@alias`, or by the path
+    of its directory.
 
     Raises:
         RunNotFoundError: the id is not in the registry, or the directory's run is not in its registry.
@@ -280,9 +385,28 @@ def open_run(run: str, registry_url: str | None = None) -> tuple[RunDir, RunConf
 
     path = Path(run)
     if not (path / "config.resolved.yaml").is_file():
-        path = Path(Registry(registry_url or DEFAULT_REGISTRY).get_run(run)["run_dir"])
+        registry = Registry(registry_url or DEFAULT_REGISTRY)
+        path = Path(registry.get_run(resolve_alias(registry, run))["run_dir"])
     run_dir = RunDir(path)
     config = load_resolved(run_dir.config)
     registry = Registry(registry_url or config.registry_url)
     registry.get_run(run_dir.id)
     return run_dir, config, registry
+
+
+def resolve_alias(registry: Registry, ref: str) -> str:
+    """The run id `ref` names: `NAME@alias` is looked up in the aliases, anything else is a run id already.
+
+    Raises:
+        NotFoundError: `NAME@alias` names no alias.
+    """
+    name, at, alias = ref.partition("@")
+    if not at:
+        return ref
+    target = registry.alias_target(name, alias)
+    if target is None:
+        raise NotFoundError(
+            f"no alias {ref!r} in the registry; `specialize aliases` lists them, `specialize promote RUN --alias "
+            f"{alias}` makes one"
+        )
+    return target

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from specialize.evaluate.report import text_table as _table
 
 if TYPE_CHECKING:
     from specialize.deploy.api_keys import ApiKeys
+    from specialize.monitor.content import LogContent
     from specialize.pipeline import RunResult
 
 
@@ -419,6 +420,7 @@ def serve(
     fine_tune_config: str | None,
     max_upload_mb: int,
     max_body_bytes: int,
+    log_content: str,
 ) -> int:
     from specialize.config import DEFAULT_REGISTRY
     from specialize.serve import ServeOptions
@@ -439,6 +441,7 @@ def serve(
             fine_tune_config=fine_tune_config,
             max_upload_mb=max_upload_mb,
             max_body_bytes=max_body_bytes,
+            log_content=cast("LogContent", log_content),
         )
     )
     return 0
@@ -479,3 +482,181 @@ def _key_store(registry_url: str | None) -> ApiKeys:
     from specialize.serve.api_keys import ApiKeys
 
     return ApiKeys(Registry(registry_url or DEFAULT_REGISTRY))
+
+
+def monitor(model: str, since: str | None, out: Path | None, registry_url: str | None, as_json: bool) -> int:
+    from specialize.config import DEFAULT_REGISTRY, window_start
+    from specialize.errors import ConfigError
+    from specialize.monitor import monitor_config_of, monitor_model
+    from specialize.runs import Registry
+
+    registry = Registry(registry_url or DEFAULT_REGISTRY)
+    config = monitor_config_of(registry, model)
+    try:
+        start = window_start(since or config.since)
+    except ValueError as exc:
+        raise ConfigError(f"--since: {exc}") from None
+    report = monitor_model(registry, model, config, start, out_dir=out)
+    if as_json:
+        print(json.dumps(report.doc, indent=2, ensure_ascii=False))
+        return 3 if report.flagged else 0
+    doc = report.doc
+    print(f"{model}: run {doc['run'] or '-'}, {doc['window']['since']} to {doc['window']['until']} (UTC)")
+    rows = [
+        [
+            m["model"],
+            str(m["requests"]),
+            "-" if m["latency_ms"]["p50"] is None else f"{m['latency_ms']['p50']:.0f}",
+            "-" if m["latency_ms"]["p95"] is None else f"{m['latency_ms']['p95']:.0f}",
+            str(m["server_errors"]),
+            str(m["ratings"]["count"]),
+            str(m["corrections"]),
+            f"{m['judged_bad']}/{m['judged']}",
+        ]
+        for m in doc["models"]
+    ]
+    header = ["model", "requests", "p50 ms", "p95 ms", "errors", "ratings", "corrections", "judged bad"]
+    if rows:
+        print(_table(header, rows))
+    elif doc["run"] is None and "@" not in model:
+        print(
+            f"no requests for {model} in the window; a run name is watched as NAME@alias, e.g. {model}@production"
+        )
+    else:
+        print("no requests in the window")
+    drift = doc["drift"]
+    if drift and drift["tests"]:
+        print(f"\ninput drift ({drift['prompts']} prompts against the run's training data):")
+        tests = [
+            [
+                t["name"],
+                f"{t['effect']:.4f}",
+                f"{t['threshold']:g}",
+                f"{t['p_value']:.4f}",
+                "DRIFT" if t["flagged"] else "no",
+            ]
+            for t in drift["tests"]
+        ]
+        print(_table(["test", "effect", "threshold", "p-value", "flagged"], tests))
+        if drift.get("labels_note"):
+            print(f"label shift: {drift['labels_note']}")
+    elif drift:
+        print(f"\ninput drift: {drift.get('note', 'not judged')}")
+    if doc["quality"].get("note"):
+        print(f"quality: {doc['quality']['note']}")
+    for reason in report.reasons:
+        print(f"flagged: {reason}")
+    print(f"report: {report.html_path}")
+    return 3 if report.flagged else 0
+
+
+def retrain(
+    model: str,
+    feedback: bool,
+    data: list[Path],
+    golden: Path | None,
+    registry_url: str | None,
+    as_json: bool,
+    progress: bool,
+) -> int:
+    from specialize.errors import ConfigError
+    from specialize.retraining import describe
+    from specialize.retraining import retrain as retrain_model
+
+    if not feedback and not data:
+        raise ConfigError("retrain: nothing to learn from; give --feedback, --data NEW.jsonl, or both")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    result = retrain_model(
+        model, registry_url, feedback=feedback, data=data, golden=golden, progress=progress
+    )
+    if as_json:
+        print(json.dumps(describe(result), indent=2, ensure_ascii=False))
+        return 0
+    counts = ", ".join(f"{k} {v}" for k, v in result.inputs.counts.items())
+    made = "already trained on these inputs" if result.reused else "trained"
+    print(f"child {result.child} of {result.parent} ({made}); candidate alias set\ninputs: {counts}")
+    print(f"gate: {result.decision.summary()}")
+    return 0
+
+
+def promote(run_ref: str, alias: str, registry_url: str | None, force: bool) -> int:
+    from specialize.retraining import promote as promote_run
+
+    name, previous, run_id = promote_run(run_ref, alias, registry_url, force)
+    print(f"{name}: {previous or '(new)'} -> {run_id}")
+    return 0
+
+
+def rollback(ref: str, registry_url: str | None) -> int:
+    from specialize.retraining import rollback as rollback_alias
+
+    alias, before, now = rollback_alias(ref, registry_url)
+    print(f"{alias}: {before} -> {now}")
+    return 0
+
+
+def aliases(name: str | None, history: bool, registry_url: str | None) -> int:
+    from specialize.config import DEFAULT_REGISTRY
+    from specialize.runs import Registry
+
+    registry = Registry(registry_url or DEFAULT_REGISTRY)
+    if history:
+        rows = [
+            [
+                f"{h['created_at']:%Y-%m-%d %H:%M:%S}",
+                f"{h['name']}@{h['alias']}",
+                h["action"],
+                h["previous_run"] or "-",
+                h["run_id"],
+                h["note"] or "",
+            ]
+            for h in registry.alias_history_of(name)
+        ]
+        header = ["when (UTC)", "alias", "action", "from", "to", "note"]
+    else:
+        rows = [
+            [f"{a['name']}@{a['alias']}", a["run_id"], f"{a['updated_at']:%Y-%m-%d %H:%M:%S}"]
+            for a in registry.list_aliases(name)
+        ]
+        header = ["alias", "run", "since (UTC)"]
+    print(
+        _table(header, rows)
+        if rows
+        else "no aliases yet; `specialize promote RUN --alias production` makes one"
+    )
+    return 0
+
+
+def loop(config_path: Path, overrides: list[str], as_json: bool, progress: bool) -> int:
+    from specialize.config import load_config
+    from specialize.retraining import describe
+    from specialize.retraining import loop as run_loop
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    result = run_loop(load_config(config_path, overrides), progress=progress)
+    if as_json:
+        doc = {
+            "model": result.model,
+            "locked_by": result.locked_by,
+            "flagged": result.report.flagged if result.report else None,
+            "report": str(result.report.json_path) if result.report else None,
+            "retrained": describe(result.retrained) if result.retrained else None,
+            "promoted": result.promoted,
+            "notes": result.notes,
+            "exit_code": result.exit_code,
+        }
+        print(json.dumps(doc, indent=2, ensure_ascii=False))
+        return result.exit_code
+    if result.locked_by is not None:
+        print(f"{result.model}: another loop holds the lock ({result.locked_by}); nothing done")
+        return 0
+    if result.report is not None:
+        print(f"{result.model}: monitor report {result.report.html_path}")
+    for note in result.notes:
+        print(f"  {note}")
+    if result.retrained is not None:
+        r = result.retrained
+        made = "reused (same inputs)" if r.reused else "trained"
+        print(f"child {r.child} of {r.parent}: {made}\ngate: {r.decision.summary()}")
+        print(f"{result.model} -> {r.child}" if result.promoted else f"{result.model} stays on {r.parent}")
+    return result.exit_code

@@ -177,6 +177,13 @@ def _parser() -> argparse.ArgumentParser:
         "the files, base model, seed and hyperparameters",
     )
     s.add_argument(
+        "--log-content",
+        choices=("none", "redacted", "full"),
+        default="redacted",
+        help="what the request log keeps of prompts and answers: redacted (default: personal data masked), "
+        "full, or none (no text: no drift and no training data from traffic)",
+    )
+    s.add_argument(
         "--max-upload-mb", type=int, default=512, help="largest training file accepted (default 512 MB)"
     )
     s.add_argument(
@@ -199,6 +206,71 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--registry", help="SQLAlchemy URL of the registry (default sqlite:///runs/registry.db)"
         )
+
+    mon = sub.add_parser(
+        "monitor",
+        help="traffic, latency, errors, feedback and input drift of a served model; exit 3 when flagged",
+        description="MODEL is NAME@alias (e.g. banking77@production), a run id, or any model id the server "
+        "answered for. Thresholds come from the answering run's monitor: section. Writes report.json and "
+        "report.html into the run's monitor/ folder; exits 3 when drift or a quality drop crosses a threshold.",
+    )
+    mon.add_argument("model", metavar="MODEL")
+    mon.add_argument("--since", help="window: 30m, 12h, 7d, 2w or an ISO date (default: monitor.since, 7d)")
+    mon.add_argument("--json", action="store_true", help="print the report as JSON")
+    mon.add_argument("--out", type=Path, metavar="DIR", help="write the reports here instead")
+    mon.add_argument("--registry", help="SQLAlchemy URL of the registry the server logs to")
+
+    re_ = sub.add_parser(
+        "retrain",
+        help="train a child of a served run on feedback and new data; gate it against its parent",
+        description="The child learns from the parent's data plus corrections (SFT rows), ratings (KTO rows) or "
+        "corrections as preference pairs (DPO), and new files; it is evaluated with its parent on the parent's "
+        "validation set (plus --golden) and on held-out new examples, and gets the alias `candidate`.",
+    )
+    re_.add_argument("model", metavar="MODEL", help="the parent: NAME@alias, a run id, or a run directory")
+    re_.add_argument("--feedback", action="store_true", help="learn from corrections and ratings of answers")
+    re_.add_argument(
+        "--data", type=Path, action="append", default=[], metavar="FILE", help="new data (repeatable)"
+    )
+    re_.add_argument("--golden", type=Path, metavar="FILE", help="examples added to the regression set")
+    re_.add_argument("--json", action="store_true", help="print the result as JSON")
+    re_.add_argument("--registry", help="SQLAlchemy URL of the registry holding the run")
+
+    pro = sub.add_parser(
+        "promote", help="point NAME@ALIAS at a run (a retrained child only if its gate passed)"
+    )
+    pro.add_argument("run", metavar="RUN", help="run id, NAME@alias, or the path of a run directory")
+    pro.add_argument("--alias", required=True, help="production, candidate, or any name")
+    pro.add_argument("--force", action="store_true", help="promote a child the gate refused")
+    pro.add_argument("--registry", help="SQLAlchemy URL of the registry holding the run")
+
+    rb = sub.add_parser("rollback", help="move an alias back to the run it named before its last promotion")
+    rb.add_argument("alias", metavar="[NAME@]ALIAS", help="e.g. production, or banking77@production")
+    rb.add_argument("--registry", help="SQLAlchemy URL of the registry (default sqlite:///runs/registry.db)")
+
+    al = sub.add_parser("aliases", help="the aliases in the registry, and with --history every move")
+    al.add_argument("name", nargs="?", metavar="NAME", help="only the aliases of this run name")
+    al.add_argument("--history", action="store_true", help="every promotion and rollback, oldest first")
+    al.add_argument("--registry", help="SQLAlchemy URL of the registry (default sqlite:///runs/registry.db)")
+
+    lp = sub.add_parser(
+        "loop",
+        help="monitor, retrain, gate and promote in one idempotent command for cron",
+        description="Watches NAME@alias (the config's name and monitor.alias); retrains when drift or a quality "
+        "drop is flagged or monitor.retrain.min_new_examples new examples came in; promotes the child if the gate "
+        "passes. A lock in runs_dir keeps two loops from training at once. Exits 3 when the model is flagged and "
+        "no child replaced it.",
+    )
+    lp.add_argument("config", type=Path, help="the served model's run YAML (its monitor: section)")
+    lp.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set monitor.gate.margin=0.01",
+    )
+    lp.add_argument("--json", action="store_true", help="print the result as JSON")
 
     data = sub.add_parser("data", help="data preparation").add_subparsers(dest="action", required=True)
     check = data.add_parser(
@@ -309,7 +381,28 @@ def _dispatch(args: argparse.Namespace) -> int:
             fine_tune_config=args.fine_tune_config,
             max_upload_mb=args.max_upload_mb,
             max_body_bytes=args.max_body_bytes,
+            log_content=args.log_content,
         )
+    if args.command == "monitor":
+        return commands.monitor(args.model, args.since, args.out, args.registry, args.json)
+    if args.command == "retrain":
+        return commands.retrain(
+            args.model,
+            args.feedback,
+            args.data,
+            args.golden,
+            args.registry,
+            args.json,
+            progress=not args.quiet,
+        )
+    if args.command == "promote":
+        return commands.promote(args.run, args.alias, args.registry, args.force)
+    if args.command == "rollback":
+        return commands.rollback(args.alias, args.registry)
+    if args.command == "aliases":
+        return commands.aliases(args.name, args.history, args.registry)
+    if args.command == "loop":
+        return commands.loop(args.config, args.overrides, args.json, progress=not args.quiet)
     if args.command == "keys":
         if args.action == "create":
             return commands.keys_create(args.name, args.registry, admin=args.admin)

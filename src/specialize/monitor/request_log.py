@@ -1,7 +1,9 @@
 """Every request `specialize serve` answers, and the feedback users give on the answers, in the registry.
 
 The server writes these rows; they are what monitoring reads (drift of inputs, latency, error rates) and what
-re-fine-tuning learns from (answers rated down, corrected answers).
+re-fine-tuning learns from (answers rated down, corrected answers). How much of the text a row keeps (none, a
+copy with personal data masked, all of it) is the log's `content` mode, `specialize serve --log-content`
+(`content.py`); it applies to corrections and comments of feedback too.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from specialize.errors import NotFoundError
+from specialize.monitor.content import ContentPolicy, LogContent
 from specialize.runs import Registry, now
 
 # The most characters of a request body (as JSON) and of an answer a row keeps. Monitoring and re-fine-tuning need
@@ -33,14 +36,17 @@ class ServedRequest:
     latency_ms: float = 0.0
     request: dict[str, Any] | None = None
     response: str | None = None
+    # the run whose adapter answered: a `NAME@alias` request names it only by its alias
+    run_id: str | None = None
 
 
 class RequestLog:
     """The `served_requests` and `feedback` tables of a registry."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, content: LogContent = "redacted") -> None:
         import sqlalchemy as sa
 
+        self.content = ContentPolicy(content)
         self._sa = sa
         self.engine = registry.engine
         meta = sa.MetaData()
@@ -58,6 +64,7 @@ class RequestLog:
             sa.Column("latency_ms", sa.Float, nullable=False),
             sa.Column("request", sa.Text),
             sa.Column("response", sa.Text),
+            sa.Column("run_id", sa.String(200)),
             sa.Column("created_at", sa.DateTime, nullable=False, index=True),
         )
         self.feedback = sa.Table(
@@ -72,6 +79,10 @@ class RequestLog:
             sa.Column("created_at", sa.DateTime, nullable=False),
         )
         meta.create_all(self.engine)
+        columns = {c["name"] for c in sa.inspect(self.engine).get_columns("served_requests")}
+        if "run_id" not in columns:  # a registry written before the column existed
+            with self.engine.begin() as conn:
+                conn.execute(sa.text("ALTER TABLE served_requests ADD COLUMN run_id VARCHAR(200)"))
 
     def record(self, req: ServedRequest) -> None:
         """Write one row; a body or answer over `MAX_STORED_CHARS` is kept as its head and its length, and text
@@ -79,16 +90,18 @@ class RequestLog:
         # Field by field, not `asdict`, which would deep-copy the request body for nothing.
         values = {f.name: getattr(req, f.name) for f in fields(req)}
         values = {k: _text(v) if isinstance(v, str) else v for k, v in values.items()}
-        if req.request is not None:
-            body = json.dumps(req.request, ensure_ascii=False)
+        request, response = self.content.body(req.request), self.content.answer(req.response)
+        values["response"] = None if response is None else _text(response)
+        if request is not None:
+            body = json.dumps(request, ensure_ascii=False)
             if len(body) > MAX_STORED_CHARS:
                 body = json.dumps(
                     {"truncated": True, "chars": len(body), "head": body[:MAX_STORED_CHARS]},
                     ensure_ascii=False,
                 )
             values["request"] = _text(body)
-        if req.response is not None and len(req.response) > MAX_STORED_CHARS:
-            values["response"] = _text(req.response[:MAX_STORED_CHARS])
+        if response is not None and len(response) > MAX_STORED_CHARS:
+            values["response"] = _text(response[:MAX_STORED_CHARS])
         with self.engine.begin() as conn:
             conn.execute(self.requests.insert().values(**values, created_at=now()))
 
@@ -112,8 +125,8 @@ class RequestLog:
                     request_id=request_id,
                     key_id=key_id,
                     rating=rating,
-                    correction=correction,
-                    comment=comment,
+                    correction=self.content.text(correction),
+                    comment=self.content.text(comment),
                     created_at=now(),
                 )
             )

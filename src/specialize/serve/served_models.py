@@ -6,6 +6,10 @@ is told they do not exist, as it is for that key's files and jobs (an admin key 
 
 A run finished after the server started is found on its first request: a model id the server does not know is
 looked up in the registry again before it is refused.
+
+`NAME@alias` (`banking77@production`) is the run the registry's alias names at the moment of the request: the
+alias is read on every such request, so `specialize promote` and `rollback` take effect without a restart. A
+request holds the adapter it was given, so requests in flight during a move finish on the old one.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ class ServedModels:
         self._aliases = aliases or dict
         self._only = set(runs) if runs else None
         self._models: dict[str, ServedModel] = {base_name: self.base}
+        self._aliases_served: set[str] = set()
         self._lock = threading.Lock()
         if runs:
             for run_id in runs:
@@ -89,6 +94,9 @@ class ServedModels:
         one."""
         with self._lock:
             model = self._models.get(model_id)
+        name, at, alias = model_id.partition("@")
+        if model is None and at and name and alias:
+            return self._aliased(model_id, name, alias, key_id, admin)
         if model is None or not model.visible_to(key_id, admin):
             self.refresh()  # a run finished (or a job succeeded) since
             with self._lock:
@@ -100,15 +108,34 @@ class ServedModels:
         return model
 
     def list(self, key_id: str | None, admin: bool) -> list[ServedModel]:
-        """The models the key `key_id` may see."""
+        """The models the key `key_id` may see, and the aliases that name one of them."""
         self.refresh()
         with self._lock:
-            return [m for m in self._models.values() if m.visible_to(key_id, admin)]
+            models = [m for m in self._models.values() if m.visible_to(key_id, admin)]
+        by_id = {m.id: m for m in models}
+        for a in self._registry.list_aliases():
+            target = by_id.get(a["run_id"])
+            if target is not None:
+                models.append(dataclasses.replace(target, id=f"{a['name']}@{a['alias']}"))
+        return models
 
     def known(self, model_id: str) -> bool:
         """Whether `model_id` is a model this server has served or listed (for some key); reads no registry."""
         with self._lock:
-            return model_id in self._models
+            return model_id in self._models or model_id in self._aliases_served
+
+    def _aliased(self, model_id: str, name: str, alias: str, key_id: str | None, admin: bool) -> ServedModel:
+        """The run `NAME@alias` names now, served under that id."""
+        run_id = self._registry.alias_target(name, alias)
+        if run_id is None:
+            raise NotFoundError(
+                f"The model `{model_id}` does not exist: no run is {model_id}; `specialize aliases` lists the "
+                "aliases, GET /v1/models the served models"
+            )
+        model = dataclasses.replace(self.get(run_id, key_id, admin), id=model_id)
+        with self._lock:
+            self._aliases_served.add(model_id)
+        return model
 
     def _from_run(
         self, run: dict[str, Any], alias: tuple[str | None, str | None] | None = None

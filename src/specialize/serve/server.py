@@ -9,6 +9,7 @@ from typing import Any
 
 from specialize.config import DEFAULT_BASE_MODEL, DEFAULT_REGISTRY
 from specialize.errors import ConfigError
+from specialize.monitor.content import LogContent
 from specialize.runs import Registry
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,9 @@ class ServeOptions:
     fine_tune_config: str | None = None
     max_upload_mb: int = 512
     max_body_bytes: int = 4 * 2**20  # per JSON request body (gate.Limits)
+    log_content: LogContent = (
+        "redacted"  # what the request log keeps of prompts and answers (monitor/content.py)
+    )
 
 
 def build_app(options: ServeOptions) -> Any:
@@ -79,7 +83,7 @@ def build_app(options: ServeOptions) -> Any:
         max_body_bytes=options.max_body_bytes,
         max_upload_bytes=options.max_upload_mb * 2**20,
     )
-    gate = Gate(RequestLog(registry), keys, ServerMetrics(engine, models.known), limits)
+    gate = Gate(RequestLog(registry, options.log_content), keys, ServerMetrics(engine, models.known), limits)
     return create_app(
         Server(engine, models, gate),
         routers=[

@@ -23,9 +23,12 @@ class Server:
     def lookup(self, model_id: str, request: Request) -> ServedModel:
         """The served model `model_id` as the request's key may see it, or a 404 naming the `model` field."""
         try:
-            return self.models.get(model_id, request.state.served.key_id, request.state.admin)
+            model = self.models.get(model_id, request.state.served.key_id, request.state.admin)
         except NotFoundError as exc:
             raise ApiError(404, str(exc), "model_not_found", "model") from None
+        # the run that answers, logged: `NAME@alias` names another run once the alias moves
+        request.state.served.run_id = model.adapter.id if model.adapter is not None else None
+        return model
 
 
 def server_of(request: Request) -> Server:
