@@ -168,7 +168,7 @@ def run_worker(job: StudyJob, worker: int = 0, ready: Any = None, progress: bool
         if job.deadline - time.time() < _shortest(study):  # not even the quickest trial so far would fit
             break
         outcome = _run_trial(study, job, registry, preloaded, metric, progress)
-        if outcome == "out of time":
+        if outcome in ("out of time", "full"):
             break
         # A trial too long for the time left is not started; shorter values may still fit, but a sampler that
         # keeps drawing long ones means the budget is spent.
@@ -187,11 +187,13 @@ def _shortest(study: optuna.Study) -> float:
     return min((t.user_attrs.get("seconds", 0.0) for t in done), default=0.0)
 
 
-def _started(study: optuna.Study) -> int:
+def _started(study: optuna.Study, before: int | None = None) -> int:
+    """Trials that ran or are running; with `before`, only those numbered below it (asked earlier)."""
     from optuna.trial import TrialState
 
     counted = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-    return len(study.get_trials(deepcopy=False, states=counted))
+    trials = study.get_trials(deepcopy=False, states=counted)
+    return len(trials) if before is None else sum(t.number < before for t in trials)
 
 
 def _run_trial(
@@ -201,9 +203,10 @@ def _run_trial(
     preloaded: Preloaded,
     metric: ValidationMetric,
     progress: bool,
-) -> Literal["ran", "not started", "out of time"]:
+) -> Literal["ran", "not started", "out of time", "full"]:
     """Ask the sampler for a trial and run it, unless the trials so far say it cannot finish before the deadline
-    ("not started"); "out of time" when the deadline stopped it."""
+    ("not started"); "out of time" when the deadline stopped it; "full" when other workers' trials, asked at the
+    same moment, already make up `max_trials`."""
     from optuna.trial import TrialState
 
     from specialize.train import train
@@ -214,6 +217,12 @@ def _run_trial(
         warnings.filterwarnings("ignore", message="Heartbeat of storage")
         trial = study.ask()
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    # Workers check the count before asking, so two can ask for the last trial at once; the storage numbers trials
+    # in order, and the later one gives its trial up.
+    if job.max_trials is not None and _started(study, before=trial.number) >= job.max_trials:
+        trial.set_user_attr("reason", f"not started: the study already has its {job.max_trials} trials")
+        study.tell(trial, state=TrialState.FAIL)
+        return "full"
     config = apply(
         job.config,
         suggest(trial, space_of(job.config)),
