@@ -24,8 +24,9 @@ drift.
    the KS distance D, the largest gap between the two length distributions. Default 0.2: a fifth of the requests
    sit on the other side of some length than the training data puts them, enough to move the cost per request
    and to reach lengths the model was not trained on.
-3. Far from every training example (`far_share`): each prompt's cosine similarity (TF-IDF of words and word pairs)
-   to its nearest training prompt. What "far" means is calibrated on held-out prompts of the same distribution
+3. Far from every training example (`far_share`): each prompt's cosine similarity (TF-IDF of words and word pairs,
+   English stop words left out: with them, a financial-news sentence looked as close to banking77's queries as
+   another banking query, through "the", "my" and "to") to its nearest training prompt. What "far" means is calibrated on held-out prompts of the same distribution
    (the validation split, plus each of up to 1,000 training prompts against the others): "far" is below their
    `far_quantile` (5%), so with no drift about 5% of requests are far by construction. The test is a one-sided
    binomial test of the far share against the calibrated share; the effect is the excess. Default 0.1: ten more
@@ -225,7 +226,7 @@ def far_share(
     from scipy.stats import binomtest
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, stop_words="english")
     reference = vectorizer.fit_transform(training)
     calibration = list(_nearest(vectorizer.transform(held_out), reference)) if held_out else []
     rng = np.random.default_rng(seed)

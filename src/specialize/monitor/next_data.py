@@ -3,7 +3,8 @@
 Reads the parent run's prepared data, the request log's feedback (`feedback.py`), new data files and a golden file;
 writes, into `<parent run>/retrain/<fingerprint>/`:
 
-- `train.jsonl`: the parent's prepared training rows, then the new rows the child's method learns from;
+- `train.jsonl`: the parent's prepared training rows, then the new rows of the same kind (conversations, pairs or
+  rated answers: a data file holds one format) that the child's method learns from;
 - `regression.jsonl`: the frozen regression set, the parent's validation rows (a seeded sample of
   `gate.max_examples` if set) plus the golden file's rows;
 - `new.jsonl`: the new examples held out (`retrain.holdout`, stratified by label) to test parent and child on;
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,7 +148,8 @@ def build_next_data(
     )
     held_ids = {r.get("request_id") for r in held if r.get("request_id")}
     usable = [p for p in feedback_pairs if p["request_id"] not in held_ids]
-    added, unused = _by_method(learns_from, new_train, pairs + usable, kto)
+    kinds = Counter(_kind(r) for r in parent_train)
+    added, unused = _by_method(learns_from, kinds.most_common(1)[0][0], new_train, pairs + usable, kto)
     regression = list(parent_validation)
     if config.monitor.gate.max_examples is not None:
         regression = seeded_sample(regression, config.monitor.gate.max_examples, config.seed)
@@ -194,26 +197,55 @@ def build_next_data(
     return result
 
 
+def _kind(row: dict[str, Any]) -> str:
+    """The kind of a prepared row, as `data.Example.kind` names it."""
+    if "text" in row and "messages" not in row:
+        return "text"
+    return "feedback" if "desirable" in row else "preference" if "rejected" in row else "chat"
+
+
 def _by_method(
     learns_from: frozenset[str],
+    kind: str,
     chat: list[dict[str, Any]],
     pairs: list[dict[str, Any]],
     kto: list[dict[str, Any]],
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(rows the method learns from, the others). Conversations when it learns from them (the pairs would only
-    repeat their chosen answers), else pairs; rated answers for a method that learns from them (KTO)."""
-    added: list[dict[str, Any]] = []
-    unused: list[dict[str, Any]] = []
-    if "chat" in learns_from:
-        added += chat
-        unused += pairs
-    elif "preference" in learns_from:
-        added += [_pair(p) for p in pairs]
-        unused += chat
-    else:
-        unused += chat + pairs
-    (added if "feedback" in learns_from else unused).extend(kto)
-    return added, unused
+    """(new rows of `kind`, the kind of the parent's training rows, for the child to learn from; the others).
+
+    A data file holds rows of one format, so the new rows take the parent's: conversations (the pairs made of
+    corrections would only repeat them); pairs; or rated answers (KTO), into which pairs split as a good and a bad
+    answer and new conversations count as good ones. Plain text (continued pre-training) takes none.
+    """
+    if kind not in learns_from or kind == "text":
+        return [], chat + pairs + kto
+    if kind == "chat":
+        return chat, pairs + kto
+    if kind == "preference":
+        return [_pair(p) for p in pairs], chat + kto
+    rated = list(kto)
+    for pair in map(_pair, pairs):
+        keep = {k: v for k, v in pair.items() if k not in ("prompt", "chosen", "rejected", "label")}
+        rated += [
+            {"messages": pair["prompt"], "completion": pair["chosen"][-1]["content"], "label": True, **keep},
+            {
+                "messages": pair["prompt"],
+                "completion": pair["rejected"][-1]["content"],
+                "label": False,
+                **keep,
+            },
+        ]
+    # a correction is in the pairs already (chosen over the served answer): only new files' conversations add
+    for row in chat:
+        if not row.get("request_id"):
+            rated.append(
+                {
+                    "messages": row["messages"][:-1],
+                    "completion": row["messages"][-1]["content"],
+                    "label": True,
+                }
+            )
+    return rated, []
 
 
 def _pair(row: dict[str, Any]) -> dict[str, Any]:
@@ -231,11 +263,16 @@ def _pair(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _plain(row: dict[str, Any]) -> dict[str, Any]:
-    """A row as the data stage should read it again. A prepared pair also holds `messages` (prompt + chosen, for
-    SFT), which would make it read as a conversation: it goes, leaving prompt, chosen and rejected. `source` goes
-    too: the data stage sets it."""
-    pair = "rejected" in row and "prompt" in row
-    return {k: v for k, v in row.items() if k != "source" and not (pair and k == "messages")}
+    """A row as the data stage should read it again. A prepared pair or rated answer also holds `messages` (the
+    whole conversation, for SFT), which would make it read as a conversation: it goes, leaving prompt, chosen and
+    rejected, or prompt, completion and `label` true/false (the rated answer's input form; its `desirable` as
+    prepared). `source` goes too: the data stage sets it."""
+    shaped = "prompt" in row and ("rejected" in row or "desirable" in row)
+    out = {k: v for k, v in row.items() if k != "source" and not (shaped and k == "messages")}
+    if "desirable" in out:
+        out.pop("label", None)
+        out["label"] = out.pop("desirable")
+    return out
 
 
 def _key(row: dict[str, Any]) -> str:
