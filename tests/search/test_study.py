@@ -58,7 +58,12 @@ def test_a_study_keeps_to_its_budget_then_trains_the_best_config_next_to_the_def
     assert best.train.lora.rank == winner.params["train.lora.rank"] and best.search is None
     assert load_resolved(tuned_dir / "config.resolved.yaml").train == best.train
     html = (study_dir / "search" / "report.html").read_text()
-    for section in ("Trials", "Optimisation history", "Tuned and default config", "Learning curve"):
+    for section in (
+        "Trials",
+        "Optimisation history",
+        "Tuned and default config on the validation split",
+        "Learning curve",
+    ):
         assert f"<h2>{section}" in html
     assert "train.learning_rate" in out and "learning curve" in out and "tuned config" in out
 

@@ -11,6 +11,7 @@ import base64
 import html
 import io
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -184,7 +185,7 @@ def _comparison(tuned: Path | None, default: Path | None) -> list[str]:
             cells.append("-" if m is None else f"{m[report['headline']]:.4f} ({low:.3f}-{high:.3f})")
         rows.append(cells)
     parts = [
-        f"<h2>Tuned and default config, whole validation split ({first['n_examples']} examples)</h2>",
+        f"<h2>Tuned and default config on the validation split ({first['n_examples']} examples)</h2>",
         _table(["system", *(f"{n} config: {first['headline']} (95% CI)" for n in reports)], rows),
     ]
     for name, report in reports.items():
@@ -202,15 +203,14 @@ def _importances(study: str, storage: str) -> dict[str, float]:
     from specialize.search.worker import storage_for
 
     opened = optuna.load_study(study_name=study, storage=storage_for(storage))
+    evaluator = optuna.importance.PedAnovaImportanceEvaluator()
     try:
-        return {
-            k: float(v)
-            for k, v in optuna.importance.get_param_importances(
-                opened, evaluator=optuna.importance.PedAnovaImportanceEvaluator()
-            ).items()
-        }
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "importances will be equal": the plot shows it
+            found = optuna.importance.get_param_importances(opened, evaluator=evaluator)
     except (RuntimeError, ValueError):  # fewer than two completed trials, or no parameter varied
         return {}
+    return {k: float(v) for k, v in found.items()}
 
 
 def _figure() -> Any:
