@@ -139,7 +139,7 @@ def test_the_gate_refuses_a_child_trained_on_deranged_labels(parent, good):
     damaged = retrain(parent["id"], parent["url"], data=[parent["root"] / "deranged.jsonl"], progress=False)
     decision = damaged.decision
     assert not decision.passed
-    assert decision.regression.child < decision.regression.parent - 0.3
+    assert decision.regression.child < decision.regression.parent - 0.1  # worse than the gate's margin
     assert not decision.regression.passed and decision.regression.p_value >= 0.05
     assert any("regression set" in reason for reason in decision.reasons)
     with pytest.raises(PromotionError, match="the gate refused") as refused:
