@@ -21,7 +21,7 @@ from specialize.config import KtoConfig
 from specialize.data.template import IGNORE, Encoded
 from specialize.errors import DataError
 from specialize.train.batching import collate
-from specialize.train.objective import StepRecord
+from specialize.train.objective import StepRecord, mean_loss
 from specialize.train.preference import answer_only, sequence_logps
 
 Batch = dict[str, torch.Tensor]
@@ -138,11 +138,4 @@ class KtoObjective:
 
     def validation(self, model: Any, examples: list[Rated]) -> float:
         """Mean KTO loss on the validation answers (0.5 per answer for a policy equal to its reference)."""
-        was_training = model.training
-        model.eval()
-        total = 0.0
-        with torch.no_grad():
-            for start in range(0, len(examples), self.batch_size):
-                total += self.loss(model, self.collate(examples[start : start + self.batch_size])).item()
-        model.train(was_training)
-        return total / max(len(examples), 1)
+        return mean_loss(self, model, examples, self.batch_size)

@@ -185,3 +185,18 @@ def check_rows(method: str, examples: Sequence[Example]) -> None:
                 f"{example.where}: train.method {method} needs {wanted.needs}; this row is "
                 f"{ROW_KINDS[example.kind]}. {wanted.fix[0].upper()}{wanted.fix[1:]}"
             )
+
+
+def mean_loss(objective: Any, model: Any, examples: list[Any], batch_size: int) -> float:
+    """The objective's summed loss over `examples` per example, in eval mode and without gradients: the
+    validation figure of the methods whose loss is already a per-example sum (DPO, ORPO, KTO)."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            total += objective.loss(model, objective.collate(examples[start : start + batch_size])).item()
+    model.train(was_training)
+    return total / max(len(examples), 1)

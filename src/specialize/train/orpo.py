@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from specialize.train.batching import collate, target_losses
-from specialize.train.objective import StepRecord
+from specialize.train.objective import StepRecord, mean_loss
 from specialize.train.preference import Pair, encode_pair
 
 
@@ -78,11 +78,4 @@ class OrpoObjective:
 
     def validation(self, model: Any, examples: list[Pair]) -> float:
         """Mean ORPO loss on the validation pairs."""
-        was_training = model.training
-        model.eval()
-        total = 0.0
-        with torch.no_grad():
-            for start in range(0, len(examples), self.batch_size):
-                total += self.loss(model, self.collate(examples[start : start + self.batch_size])).item()
-        model.train(was_training)
-        return total / max(len(examples), 1)
+        return mean_loss(self, model, examples, self.batch_size)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from specialize.data.template import IGNORE, Encoded, encode_conversation, render_prompt
 from specialize.errors import DataError
 from specialize.train.batching import collate, target_losses
-from specialize.train.objective import StepRecord
+from specialize.train.objective import StepRecord, mean_loss
 
 
 @dataclass(frozen=True)
@@ -132,11 +132,4 @@ class PreferenceObjective:
 
     def validation(self, model: Any, examples: list[Pair]) -> float:
         """Mean DPO loss on the validation pairs (log 2 = 0.693 for a policy equal to its reference)."""
-        was_training = model.training
-        model.eval()
-        total = 0.0
-        with torch.no_grad():
-            for start in range(0, len(examples), self.batch_size):
-                total += self.loss(model, self.collate(examples[start : start + self.batch_size])).item()
-        model.train(was_training)
-        return total / max(len(examples), 1)
+        return mean_loss(self, model, examples, self.batch_size)
