@@ -55,8 +55,12 @@ def test_two_workers_on_sqlite_share_one_study(tmp_path, tiny_model_dir):
 
 def test_a_second_process_joins_a_study_on_postgresql(tmp_path, tiny_model_dir, postgres_url):
     path = study_config(tmp_path, tiny_model_dir, train=TRIALS)
-    args = [str(path), "--storage", postgres_url, "--budget", "5m", "--trials", "6", "--eval-every", "24"]
-    first = subprocess.Popen(tune_command(*args, "--search-only"), env=ENV, stderr=subprocess.PIPE, text=True)
+    args = [str(path), "--storage", postgres_url, "--budget", "5m", "--eval-every", "24"]
+    # The first process stops at 3 trials in the study and the joining one at 6, so both run trials however fast
+    # this machine is: with one limit, a quick first process could finish them all before the second one starts.
+    first = subprocess.Popen(
+        tune_command(*args, "--trials", "3", "--search-only"), env=ENV, stderr=subprocess.PIPE, text=True
+    )
     registry, deadline, study = Registry(postgres_url), time.monotonic() + 120, None
     while study is None and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -66,7 +70,7 @@ def test_a_second_process_joins_a_study_on_postgresql(tmp_path, tiny_model_dir, 
         with contextlib.suppress(KeyError):  # the study's run row comes a moment before its Optuna study
             study = rows[0]["id"] if rows and load_trials(rows[0]["id"], postgres_url) else None
     assert study is not None, "the first process created the study"
-    join = ["--resume", study, "--storage", postgres_url, "--search-only"]
+    join = ["--resume", study, "--storage", postgres_url, "--trials", "6", "--search-only"]
     second = subprocess.run(tune_command(*join), env=ENV, capture_output=True, text=True, timeout=600)
     _, err = first.communicate(timeout=600)
     assert first.returncode == 0 and second.returncode == 0, err[-3000:] + second.stderr[-3000:]
