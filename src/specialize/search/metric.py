@@ -1,24 +1,26 @@
-"""The objective of a study: the task's headline validation metric, on a seeded sample of the validation split,
-computed on the model while it trains.
+"""The objective of a study: the task's headline validation metric, on a sample of the validation split (drawn
+by `search.study`), computed on the model while it trains.
 
 The same metric the evaluation ranks systems by (macro-F1 for classification, accuracy over the choices, exact or
 final-number match for generation, chosen-over-rejected accuracy for pairs; for plain text the loss, where the
-report shows its perplexity), answered the way the fine-tuned system answers: zero-shot prompts, labels scored.
-A sample keeps each evaluation cheap enough to run several times per trial, which is what the pruner needs.
+report shows its perplexity), answered the way the evaluation's fine-tuned system answers: its zero-shot prompts,
+and for labels and choices its label scores read under the run's `eval.scoring` (`evaluate.calibration`), so
+that a trial is ranked by the figure its winner will be reported with. A sample keeps each evaluation cheap enough
+to run several times per trial, which is what the pruner needs.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from specialize.data.split import seeded_sample
+from specialize.config import EvalConfig
 
 GENERATION_SAMPLE = 64  # decoding answers costs far more than scoring labels: a smaller default sample
 SAMPLE = 200
 
 
 class ValidationMetric:
-    """The headline metric of the rows' task, on a seeded sample of them; call it with a model to score it."""
+    """The headline metric of the rows' task on those rows; call it with a model to score it."""
 
     def __init__(
         self,
@@ -27,19 +29,35 @@ class ValidationMetric:
         tokenizer: Any,
         context: int,
         seed: int,
-        size: int | None = None,
+        eval_config: EvalConfig,
+        shots: list[dict[str, Any]],
     ) -> None:
-        from specialize.evaluate.prompts import fitting_prompt
+        """Build the prompts once for every evaluation of every trial.
+
+        Args:
+            rows: the validation sample the metric is computed on.
+            labels: the label set of a classification task, None otherwise.
+            tokenizer: the base model's tokenizer.
+            context: the model's context length; prompts are cut to fit it as the evaluation cuts them.
+            seed: the run's seed (the evaluation's prompts take it).
+            eval_config: the run's `eval:` section; its `scoring` decides how labels are read.
+            shots: the prepared training rows; with the sample they give the bare task instruction the
+                question-free prompts are built from, as in the evaluation.
+        """
+        from specialize.evaluate.prompts import SystemPrompts
+        from specialize.evaluate.systems import Prompting
 
         self.task = task_of(rows, labels)
-        default = GENERATION_SAMPLE if self.task == "generation" else SAMPLE
-        self.rows = seeded_sample(rows, size or default, seed)
-        self.labels, self.tokenizer = labels, tokenizer
-        self.prompts = (
-            []
-            if self.task == "text"
-            else [fitting_prompt(tokenizer, row, [], context)[0] for row in self.rows]
-        )
+        self.rows, self.labels, self.tokenizer = rows, labels, tokenizer
+        self.scoring_asked = eval_config.scoring
+        self.scoring: str | None = None  # the variant the last call was read under (label tasks)
+        self.prompts: list[str] = []
+        self.question_free: tuple[list[str], str] = ([], "")
+        if self.task != "text":
+            prompts = SystemPrompts(eval_config, tokenizer, rows, shots, context, seed)
+            self.prompts = prompts.for_context(Prompting.ZERO_SHOT)[0]
+            if self.task in ("classification", "multiple_choice"):
+                self.question_free = prompts.question_free(Prompting.ZERO_SHOT)
         self.name, self.maximize = headline(self.task, self.rows)
 
     def __call__(self, model: Any) -> float:
@@ -51,20 +69,12 @@ class ValidationMetric:
 
     def _score(self, model: Any) -> float:
         from specialize.evaluate import EVAL_BATCH, GENERATE_BATCH
-        from specialize.evaluate.metrics import classification_metrics, exact_matches, numeric_matches
-        from specialize.evaluate.scoring import answer_loss, pick_labels
+        from specialize.evaluate.metrics import exact_matches, numeric_matches
+        from specialize.evaluate.scoring import answer_loss
 
         tok, rows, prompts = self.tokenizer, self.rows, self.prompts
-        if self.task == "classification" and self.labels:
-            predicted = pick_labels(model, tok, prompts, self.labels, EVAL_BATCH)
-            gold = [str(r["label"]) for r in rows]
-            return float(classification_metrics(gold, predicted, self.labels)["macro_f1"])
-        if self.task == "multiple_choice":
-            right = [
-                pick_labels(model, tok, [prompt], row["choices"])[0] == _answer(row)
-                for row, prompt in zip(rows, prompts, strict=True)
-            ]
-            return sum(right) / len(rows)
+        if self.task in ("classification", "multiple_choice"):
+            return self._label_metric(model)
         if self.task == "preference":
             wins = 0
             for row, prompt in zip(rows, prompts, strict=True):
@@ -86,6 +96,32 @@ class ValidationMetric:
         scores = numeric_matches(references, answers) if self.name == "numeric_match" else None
         scores = scores if scores is not None else exact_matches(references, answers)
         return sum(scores) / len(rows)
+
+    def _label_metric(self, model: Any) -> float:
+        """Classification or multiple choice, as the evaluation scores its fine-tuned system: one pass of label
+        scores (the content-free and bare prompts scored once per label set, not per question), every variant
+        read from it, and the one `eval.scoring` names; under `best`, the variant with the best metric on the
+        sample, which mirrors how the final evaluation reports the fine-tune (its best variant on the validation
+        split). The variant is left in `self.scoring` for the trial's record."""
+        from specialize.evaluate.answers import gold_answer, score_label_sets
+        from specialize.evaluate.calibration import BEST, Scoring, choose, predictions
+        from specialize.evaluate.metrics import classification_metrics
+        from specialize.evaluate.systems import Task
+
+        task, rows = Task(self.task), self.rows
+        labels = self.labels if task == Task.CLASSIFICATION else None
+        groups = score_label_sets(model, self.tokenizer, rows, self.prompts, self.question_free, labels, None)
+        gold = [gold_answer(row, task) for row in rows]
+        values = {}
+        for variant in Scoring:
+            predicted = predictions(groups, len(rows), variant)
+            if labels:
+                values[variant] = float(classification_metrics(gold, predicted, labels)["macro_f1"])
+            else:
+                values[variant] = sum(g == p for g, p in zip(gold, predicted, strict=True)) / len(rows)
+        chosen = choose(values) if self.scoring_asked == BEST else Scoring(self.scoring_asked)
+        self.scoring = str(chosen)
+        return values[chosen]
 
 
 def headline(task: str, rows: list[dict[str, Any]]) -> tuple[str, bool]:

@@ -36,13 +36,16 @@ class CurvePoint:
 
 
 def trials_table(result: StudyResult) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the trials table: parameters, metric, steps, seconds, state (and why it ended)."""
+    """Header and rows of the trials table: parameters, metric (and, for label tasks, the scoring variant it was
+    read under), steps, seconds, state (and why it ended)."""
     keys = list(dict.fromkeys(k for t in result.trials for k in t.params))
+    scored = any(t.scoring for t in result.trials)
     rows = [
         [
             str(t.number),
             t.state,
             "-" if t.value is None else f"{t.value:.4f}",
+            *([t.scoring or "-"] if scored else []),
             *(_value(t.params.get(k)) for k in keys),
             "-" if t.steps is None else str(t.steps),
             "-" if t.seconds is None else f"{t.seconds:.0f}",
@@ -50,7 +53,8 @@ def trials_table(result: StudyResult) -> tuple[list[str], list[list[str]]]:
         ]
         for t in result.trials
     ]
-    return ["trial", "state", result.metric, *keys, "steps", "seconds", "note"], rows
+    scoring = ["scoring"] if scored else []
+    return ["trial", "state", result.metric, *scoring, *keys, "steps", "seconds", "note"], rows
 
 
 def _value(v: Any) -> str:
@@ -114,7 +118,7 @@ def write_study_report(
         f"<h1>Hyperparameter study {html.escape(result.study)}</h1>",
         f"<p>{len(result.trials)} trials: {done} completed, {pruned} pruned. Objective: {result.metric} "
         f"({'higher' if result.maximize else 'lower'} is better) on a seeded sample of {result.sample} validation "
-        f"examples, evaluated every {result.eval_every} training examples; successive-halving pruning.</p>",
+        f"examples (stratified by label for classification; labels and choices read under eval.scoring), evaluated every {result.eval_every} training examples; successive-halving pruning.</p>",
         "<h2>Trials</h2>",
         _table(header, rows),
     ]

@@ -19,6 +19,7 @@ from specialize.config import RunConfig
 from specialize.data import PreparedData, read_prepared
 from specialize.data.split import seeded_sample
 from specialize.errors import ConfigError
+from specialize.evaluate.sampling import stratified_sample
 from specialize.runs import write_atomic
 from specialize.search.metric import GENERATION_SAMPLE, SAMPLE, headline, task_of
 from specialize.search.worker import SAMPLE_FILE, StudyJob, recover_lost_trials, run_worker, storage_for
@@ -40,6 +41,7 @@ class TrialRow:
     steps: int | None
     seconds: float | None
     reason: str | None
+    scoring: str | None = None  # label tasks: the scoring variant its value was read under
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,8 @@ def search_hyperparameters(
         workers: worker processes on this machine, each with its own copy of the model.
         resume: continue the existing study instead of creating it.
         eval_every: training examples between a trial's evaluations (default: a quarter of the training split).
-        sample: validation examples the objective is computed on (default 200; 64 for generation).
+        sample: validation examples the objective is computed on (default 200; 64 for generation), stratified
+            by label for classification.
         progress: show the training progress bar of this process's trials.
 
     Raises:
@@ -116,11 +119,11 @@ def search_hyperparameters(
         if max_trials is None:
             max_trials = attrs.get("max_trials")
         if not (search_dir / SAMPLE_FILE).exists():  # a study directory made again on another machine
-            _write_sample(search_dir, data, int(attrs["sample"]), config.seed)
+            write_sample(search_dir, data, int(attrs["sample"]), config.seed)
     else:
         task = task_of(read_prepared(data.validation_path), data.labels)
         size = sample or (GENERATION_SAMPLE if task == "generation" else SAMPLE)
-        chosen = _write_sample(search_dir, data, size, config.seed)
+        chosen = write_sample(search_dir, data, size, config.seed)
         name, maximize = headline(task, chosen)
         opened = optuna.create_study(
             study_name=study, storage=storage_for(storage), direction="maximize" if maximize else "minimize"
@@ -152,9 +155,15 @@ def search_hyperparameters(
     return study_result(study, storage)
 
 
-def _write_sample(search_dir: Path, data: PreparedData, size: int, seed: int) -> list[dict[str, Any]]:
-    """The validation rows every trial is scored on: a seeded sample, the same wherever it is drawn."""
-    chosen = seeded_sample(read_prepared(data.validation_path), size, seed)
+def write_sample(search_dir: Path, data: PreparedData, size: int, seed: int) -> list[dict[str, Any]]:
+    """The validation rows every trial is scored on: a seeded sample, the same wherever it is drawn; for
+    classification stratified by label as the evaluation's `eval.max_examples` sample is, so that 100 rows of a
+    77-label split cover as many of its labels as they can rather than as many as luck gives."""
+    rows = read_prepared(data.validation_path)
+    if task_of(rows, data.labels) == "classification":
+        chosen = stratified_sample(rows, [r.get("label") for r in rows], size, seed)
+    else:
+        chosen = seeded_sample(rows, size, seed)
     write_atomic(search_dir / SAMPLE_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in chosen))
     return chosen
 
@@ -215,6 +224,7 @@ def study_result(study: str, storage: str) -> StudyResult:
                 attrs.get("steps"),
                 attrs.get("seconds"),
                 reason,
+                attrs.get("scoring"),
             )
         )
     u = opened.user_attrs

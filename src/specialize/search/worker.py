@@ -152,7 +152,8 @@ def run_worker(job: StudyJob, worker: int = 0, ready: Any = None, progress: bool
     preloaded = Preloaded(model, tokenizer)
     context = getattr(model.config, "max_position_embeddings", 2048)
     rows = read_prepared(job.search_dir / SAMPLE_FILE)
-    metric = ValidationMetric(rows, job.labels, tokenizer, context, job.config.seed, size=len(rows))
+    shots = read_prepared(job.study_dir / "data" / "train.jsonl")
+    metric = ValidationMetric(rows, job.labels, tokenizer, context, job.config.seed, job.config.eval, shots)
     if ready is not None:
         # A worker that failed to start breaks the barrier: the others go on without it.
         with contextlib.suppress(threading.BrokenBarrierError):
@@ -255,6 +256,8 @@ def _run_trial(
         evaluated["count"] += 1
         evaluated["value"], evaluated["step"] = value, step
         trial.report(value, step * per_step)  # the resource is examples seen: comparable across batch sizes
+        if metric.scoring is not None:  # the label-scoring variant the value was read under
+            trial.set_user_attr("scoring", metric.scoring)
         registry.log_metrics(run_dir.id, "search", {metric.name: value}, step=step)
         if step == steps:
             return
