@@ -8,7 +8,7 @@ import json
 from collections import Counter
 
 import pytest
-from conftest import chat_row, write_jsonl
+from conftest import chat_row, write_chat_dataset, write_jsonl
 
 from specialize.config import EvalConfig, TrainConfig
 from specialize.data import PreparedData, read_prepared
@@ -24,8 +24,6 @@ from specialize.train import train
 @pytest.fixture(scope="module")
 def fine_tuned(tmp_path_factory, tiny_model_dir):
     """A few steps of LoRA on the 3-label set, and the evaluation's report of it under `best` scoring."""
-    from conftest import write_chat_dataset
-
     directory = tmp_path_factory.mktemp("metric")
     data = write_chat_dataset(directory)
     trained = train(
