@@ -32,7 +32,9 @@ from specialize.evaluate.report import load_report, recorded_scoring, write_html
 from specialize.models import resolve_model
 from specialize.runs import Registry, RunDir, build_run_dir, new_run_id, open_run, write_atomic
 from specialize.train import RESULT_FILE, SAMPLES_FILE, TrainResult, check_rows, train
+from specialize.train.checkpoint import check_processes
 from specialize.train.checkpoint import latest as latest_checkpoint
+from specialize.train.distributed import current
 
 if TYPE_CHECKING:
     from specialize.config import RewardConfig
@@ -202,11 +204,13 @@ def resume(run: str, registry_url: str | None = None, progress: bool = True) -> 
         progress: show progress bars.
     """
     run_dir, config, registry = open_run(run, registry_url)
+    last = latest_checkpoint(run_dir.train / "checkpoints")
+    if last is not None:  # before anything changes or loads: a wrong --processes is told at once
+        check_processes(last, processes.world if (processes := current()) else 1)
     registry.set_status(run_dir.id, "running")
     model_path = resolve_model(config.base_model)
     data = PreparedData.load(run_dir.data)
     if not (run_dir.train / RESULT_FILE).exists():
-        last = latest_checkpoint(run_dir.train / "checkpoints")
         registry.delete_metrics_after(run_dir.id, "train", int(last.name.split("-")[-1]) if last else 0)
     return _train_and_evaluate(
         config, run_dir, data, model_path, registry, progress, resume=True, reward=_reward(config)
@@ -551,8 +555,6 @@ def _train_stage(
     placement: Placement | None,
     reward: Reward | None,
 ) -> TrainResult:
-    from specialize.train.distributed import current
-
     finished = run_dir.train / RESULT_FILE
     processes = current()
     job = TrainJob(
@@ -622,7 +624,6 @@ def follow() -> None:
 
     The run's directory must be one every process sees (one machine, or a shared file system).
     """
-    from specialize.train.distributed import current
     from specialize.train.rewards import build_reward
 
     processes = current()

@@ -81,6 +81,23 @@ def save(
     return final
 
 
+def check_processes(path: Path, processes: int) -> None:
+    """Refuse to continue a checkpoint with another number of data-parallel processes than wrote it: the global
+    batch, and so the schedule and the batch order, depend on it.
+
+    Raises:
+        TrainingError: naming the number to resume with.
+    """
+    from specialize.errors import TrainingError
+
+    wrote = json.loads((path / "state.json").read_text(encoding="utf-8")).get("processes", 1)
+    if wrote != processes:
+        raise TrainingError(
+            f"{path} was written by {wrote} training process(es) and this resume has {processes}: the global "
+            f"batch and the schedule depend on it; resume with --processes {wrote}"
+        )
+
+
 def rng_states() -> dict[str, Any]:
     """This process's torch RNG states (CPU and CUDA): dropout and sampling continue where they were."""
     import torch

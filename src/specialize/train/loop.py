@@ -256,14 +256,10 @@ def _train_loop(
     state = TrainerState(processes=world)
     last = checkpoint.latest(ckpt_dir) if resume else None
     if last is not None:
+        checkpoint.check_processes(last, world)
         state = checkpoint.load(
             last, model, optimizer, scheduler, rng, 0 if processes is None else processes.rank
         )
-        if state.processes != world:
-            raise TrainingError(
-                f"{last} was written by {state.processes} training process(es), and this resume has {world}: "
-                f"the global batch and the schedule depend on it; resume with --processes {state.processes}"
-            )
         log.info("resuming from %s (step %d of %d)", last.name, state.step, steps)
     elif not resume and main:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
