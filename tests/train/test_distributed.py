@@ -160,3 +160,16 @@ def test_a_process_that_dies_stops_the_others_with_a_clear_error(config_factory)
     assert "training process 1 of 2 was killed (SIGKILL)" in err and "specialize train --resume" in err
     gone, alive = psutil.wait_procs([ranks[0]], timeout=30)
     assert not alive, "rank 0 was stopped"
+
+
+@pytest.mark.parametrize("variable", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
+def test_a_sharding_accelerate_config_is_refused_before_anything_is_written(
+    run_config, monkeypatch, capsys, variable
+):
+    # What `accelerate launch --config_file fsdp.yaml` (or a DeepSpeed one) sets for each process.
+    for name, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", variable: "true"}.items():
+        monkeypatch.setenv(name, value)
+    assert main(["--quiet", "run", str(run_config)]) == 2
+    err = capsys.readouterr().err
+    assert f"{variable}=true" in err and "--processes N" in err
+    assert not (run_config.parent / "runs").exists(), "nothing written"

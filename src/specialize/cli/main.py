@@ -360,6 +360,7 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
         from specialize.cli.processes import follow_launcher
 
         follow_launcher()
+        distributed.current()  # the process group, before anything is written: a bad launch fails at once
         if distributed.rank() > 0:
             return commands.follow()
     elif getattr(args, "processes", 1) > 1:

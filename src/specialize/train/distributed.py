@@ -16,7 +16,7 @@ accumulated step), together with the step's loss and token counts: one collectiv
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import cache
@@ -134,12 +134,38 @@ def current() -> Processes | None:
     return _start() if launched() else None
 
 
+SHARDING = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed ZeRO"}
+
+
+def check_engine(environ: Mapping[str, str]) -> None:
+    """Refuse an accelerate config that shards the model (FSDP, DeepSpeed ZeRO): this loop replicates it.
+
+    Sharding engines gather a layer's weights and reduce its gradients from hooks on the root model's `forward`;
+    the objectives call the decoder and the output projection directly (the packed pass, the projection of
+    target positions only), so a sharded model would run with its root weights still sharded. Until the
+    objectives run through the root forward under such an engine, a config asking for one is an error rather
+    than a run that silently replicates a model which may not fit.
+
+    Raises:
+        ConfigError: naming the engine and what to use instead.
+    """
+    for variable, engine in SHARDING.items():
+        if environ.get(variable, "false").lower() == "true":
+            raise ConfigError(
+                f"the accelerate config asks for {engine} ({variable}=true); specialize trains data-parallel "
+                "with a full copy of the model in each process (DDP) and does not shard it yet: launch with a "
+                "multi-GPU config (distributed_type: MULTI_GPU), `torchrun`, or `specialize run --processes N`, "
+                "and train an adapter (train.adapter: lora) where the full model does not fit one device"
+            )
+
+
 @cache
 def _start() -> Processes:
     import torch
     from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs
 
+    check_engine(os.environ)
     # accelerate picks NCCL when CUDA is present and needs `cpu=True` for gloo between CPU processes.
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(), kwargs_handlers=[InitProcessGroupKwargs(timeout=TIMEOUT)]
