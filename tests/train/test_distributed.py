@@ -157,7 +157,7 @@ def test_a_process_that_dies_stops_the_others_with_a_clear_error(config_factory)
         pytest.fail("the launcher hung after a training process died")
     err = launcher.stderr.read()
     assert code != 0
-    assert "training process 1 of 2 was killed (SIGKILL)" in err and "specialize train --resume" in err
+    assert "process 1 of 2 was killed (SIGKILL)" in err and "specialize train --resume" in err
     gone, alive = psutil.wait_procs([ranks[0]], timeout=30)
     assert not alive, "rank 0 was stopped"
 
@@ -173,3 +173,10 @@ def test_a_sharding_accelerate_config_is_refused_before_anything_is_written(
     err = capsys.readouterr().err
     assert f"{variable}=true" in err and "--processes N" in err
     assert not (run_config.parent / "runs").exists(), "nothing written"
+
+
+def test_only_run_and_resume_take_several_processes(run_config, monkeypatch, capsys):
+    for name, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(name, value)
+    assert main(["--quiet", "eval", "some-run", "--data", str(run_config)]) == 2
+    assert "specialize eval runs in one process" in capsys.readouterr().err

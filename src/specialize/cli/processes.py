@@ -51,13 +51,13 @@ def launch(argv: list[str], processes: int) -> int:
         rank, failure = exc.get_first_failure()
         if failure.exitcode > 0:  # it raised, and printed its error above
             print(
-                f"error: training process {rank} of {processes} failed (exit status {failure.exitcode}); the "
-                "other processes were stopped",
+                f"error: process {rank} of {processes} failed (exit status {failure.exitcode}); the other "
+                "processes were stopped",
                 file=sys.stderr,
             )
             return failure.exitcode
         raise TrainingError(
-            f"training process {rank} of {processes} was killed ({failure.signal_name()}); the other "
+            f"process {rank} of {processes} was killed ({failure.signal_name()}); the other "
             f"processes were stopped. Continue from the last checkpoint with `specialize train --resume RUN "
             f"--processes {processes}` (RUN: the run id in the log above)"
         ) from None

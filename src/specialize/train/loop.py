@@ -124,8 +124,8 @@ def train(
     same arguments and trains data-parallel (`distributed.py`): each step's global batch is `batch_size` x
     `gradient_accumulation` x the processes, drawn as one process would draw it and split between them, so the
     steps, the schedule and the seed mean what they mean on one process; rank 0 alone writes checkpoints,
-    metrics and the weights, and the others return once the last step is taken (their result's
-    `validation_loss` is NaN).
+    metrics and the weights (and, on-policy, its own samples to `samples.jsonl`), and the others return once
+    the last step is taken (their result's `validation_loss` is NaN).
 
     Returns:
         The path of the adapter (or full model) and the training figures.
@@ -275,7 +275,12 @@ def _train_loop(
     last_loss = float("nan")
     stopped_early = False
     bar = tqdm(
-        total=steps, initial=state.step, desc="train", unit="step", disable=not progress, dynamic_ncols=True
+        total=steps,
+        initial=state.step,
+        desc="train",
+        unit="step",
+        disable=not progress or not main,
+        dynamic_ncols=True,
     )
     with (
         fused_lora(model),
