@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 LAUNCHER = "SPECIALIZE_LAUNCHER_PID"  # set for the processes this launcher starts
 
@@ -30,9 +32,10 @@ def launch(argv: list[str], processes: int) -> int:
 
     from specialize.errors import TrainingError
 
-    # torchrun's own default is 1 thread a process; on a CPU the cores are shared out instead.
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
-    os.environ[LAUNCHER] = str(os.getpid())
+    # What the processes inherit: torchrun's own default is 1 thread a process; on a CPU the cores are shared
+    # out instead. Set for the launch only: a caller in Python (a test) keeps its environment.
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // processes))
+    inherited = {"OMP_NUM_THREADS": threads, LAUNCHER: str(os.getpid())}
     # The agent logs each stop and restart at length; what matters is said once below.
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     config = LaunchConfig(
@@ -46,7 +49,8 @@ def launch(argv: list[str], processes: int) -> int:
         monitor_interval=0.2,
     )
     try:
-        elastic_launch(config, sys.executable)("-m", "specialize", *argv)
+        with _environment(inherited):
+            elastic_launch(config, sys.executable)("-m", "specialize", *argv)
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
         if failure.exitcode > 0:  # it raised, and printed its error above
@@ -62,6 +66,20 @@ def launch(argv: list[str], processes: int) -> int:
             f"--processes {processes}` (RUN: the run id in the log above)"
         ) from None
     return 0
+
+
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def follow_launcher() -> None:
