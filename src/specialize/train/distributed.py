@@ -16,13 +16,15 @@ accumulated step), together with the step's loss and token counts: one collectiv
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from specialize.errors import ConfigError
+from specialize.errors import ConfigError, TrainingError
 
 if TYPE_CHECKING:
     import torch
@@ -80,7 +82,8 @@ class Processes:
             if i == 0:
                 parts.append(extra.to(self.device, torch.float32))
             flat = torch.cat(parts)
-            dist.all_reduce(flat)
+            with self._collective():
+                dist.all_reduce(flat)
             offset = 0
             for j in bucket:
                 n = grads[j].numel()
@@ -96,7 +99,8 @@ class Processes:
         import torch.distributed as dist
 
         tensor = torch.tensor(list(values), dtype=torch.float64, device=self.device)
-        dist.all_reduce(tensor)
+        with self._collective():
+            dist.all_reduce(tensor)
         return tensor.tolist()
 
     def from_main(self, value: Any) -> Any:
@@ -104,7 +108,8 @@ class Processes:
         import torch.distributed as dist
 
         box = [value if self.main else None]
-        dist.broadcast_object_list(box, src=0, device=self.device)
+        with self._collective():
+            dist.broadcast_object_list(box, src=0, device=self.device)
         return box[0]
 
     def gather(self, value: Any) -> list[Any]:
@@ -112,8 +117,24 @@ class Processes:
         import torch.distributed as dist
 
         out: list[Any] = [None] * self.world
-        dist.all_gather_object(out, value)
+        with self._collective():
+            dist.all_gather_object(out, value)
         return out
+
+    @contextmanager
+    def _collective(self) -> Iterator[None]:
+        """A collective that fails because a peer is gone (it raised, or was killed) ends this process with one
+        line, not a backend traceback: the peer's own error, if it had one, says what went wrong."""
+        try:
+            yield
+        except RuntimeError as exc:  # torch.distributed's DistBackendError and gloo's errors among them
+            # gloo's first sentence, without the source location it starts with: "Connection closed by peer ..."
+            first = re.sub(r"^\[[^\]]*\]\s*", "", (str(exc) or type(exc).__name__).splitlines()[0])
+            reason = first.split(". ")[0]
+            raise TrainingError(
+                f"process {self.rank} of {self.world}: another training process stopped answering ({reason}); "
+                "its own error, if it printed one, is above"
+            ) from exc
 
 
 def _buckets(sizes: list[int]) -> Iterator[list[int]]:
