@@ -34,7 +34,7 @@ check: $(DEV)
 
 bench: $(DEV)
 	$(BIN)/python -m pip install -q -e '.[bench]'
-	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/train_throughput.py --processes 2
 	$(BIN)/python benchmarks/eval_throughput.py
 	$(BIN)/python benchmarks/serve_throughput.py
 	$(BIN)/python benchmarks/onpolicy_throughput.py

@@ -33,6 +33,11 @@ With `--device cuda` both sides train on the GPU under bfloat16 autocast (TRL's 
 `train.precision: auto`), and MFU is taken against this GPU's bfloat16 matmul FLOP/s. `--model DIR` trains
 another model directory, e.g. a randomly initialised SmolLM2-135M where the real weights cannot be copied.
 
+With `--processes 2` specialize also trains data-parallel in 2 processes on this machine (started by torchrun,
+gloo between CPU processes, one thread each), with the same global batch of 8 (4 per process) over the same
+examples, and the table adds its column and its ratio to the one-process run and to TRL's (TRL runs in one
+process). Memory there is rank 0's.
+
 Run it with `make bench`, or `python benchmarks/train_throughput.py --steps 12` (the default: 10 to 20 minutes
 on 2 cores, most of it TRL's; `--steps 2 --max-val 8` for a smoke test). Why: specialize hand-writes its
 training loop for CPU speed (see `specialize/train/batching.py`); this shows what that buys against the
@@ -43,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import resource
 import subprocess
@@ -71,13 +77,20 @@ def main() -> None:
     parser.add_argument(
         "--model", type=Path, help="a model directory to train instead of SmolLM2-135M-Instruct"
     )
+    parser.add_argument(
+        "--processes", type=int, default=1, help="also train specialize data-parallel in this many processes"
+    )
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # child mode
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
-        args.out.write_text(json.dumps(run_side(args.side, args.work, args.steps, args.device, args.model)))
+        figures = run_side(args.side, args.work, args.steps, args.device, args.model, args.processes)
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 reports
+            args.out.write_text(json.dumps(figures))
         return
+    if args.processes < 1 or BATCH % args.processes:
+        parser.error(f"--processes must divide the batch of {BATCH} (1, 2, 4 or 8)")
 
     if args.model and not (args.model / "config.json").is_file():
         parser.error(f"--model {args.model}: no config.json there; give a Hugging Face model directory")
@@ -94,38 +107,59 @@ def main() -> None:
         _write(work / "validation.jsonl", val_rows)
         flops = matmul_flops(args.device)
         results = {}
-        for side, name in SIDES.items():
+        runs = [(side, name, 1) for side, name in SIDES.items()]
+        if args.processes > 1:
+            runs.append(("specialize", f"specialize x{args.processes}", args.processes))
+        for side, name, processes in runs:
             print(f"training with {name}: {args.steps} steps ...", file=sys.stderr, flush=True)
-            out = work / f"{side}.json"
-            cmd = [sys.executable, __file__, "--side", side, "--steps", str(args.steps), "--work", str(work)]
-            cmd += ["--device", args.device] + (["--model", str(args.model)] if args.model else [])
+            out = work / f"{side}-{processes}.json"
+            launcher = [sys.executable]
+            if processes > 1:
+                launcher += [
+                    "-m",
+                    "torch.distributed.run",
+                    "--standalone",
+                    "--nproc-per-node",
+                    str(processes),
+                ]
+            cmd = [*launcher, __file__, "--side", side, "--steps", str(args.steps), "--work", str(work)]
+            cmd += ["--device", args.device, "--processes", str(processes)]
+            cmd += ["--model", str(args.model)] if args.model else []
             started = time.perf_counter()
             child = subprocess.run([*cmd, "--out", str(out)], capture_output=True, text=True)
             if child.returncode != 0:
                 sys.exit(f"{name} failed:\n{child.stdout}{child.stderr}")
-            results[side] = {**json.loads(out.read_text()), "wall_seconds": time.perf_counter() - started}
+            key = side if processes == 1 else name
+            results[key] = {**json.loads(out.read_text()), "wall_seconds": time.perf_counter() - started}
         # Measured again after both sides: on a shared machine one short measurement can land in a busy moment,
         # and a low reference would inflate MFU; the better of the two is the machine's capability.
         flops = max(flops, matmul_flops(args.device))
     _print_table(results, flops, args.steps, len(val_rows), args.device, args.model)
 
 
-def run_side(side: str, work: Path, steps: int, device: str, model: Path | None) -> dict[str, Any]:
-    """Train one side in this process; report its figures (peak memory taken before validation)."""
+def run_side(
+    side: str, work: Path, steps: int, device: str, model: Path | None, processes: int = 1
+) -> dict[str, Any]:
+    """Train one side in this process (one of `processes`); report its figures (peak memory taken before
+    validation). Under torchrun, the processes other than rank 0 return once trained."""
     import torch
 
     from specialize.models import resolve_model
 
     model_path = model or resolve_model("smollm2-135m-instruct")
-    trainer = train_trl if side == "trl" else train_specialize
-    figures = trainer(model_path, work, steps, device)
+    if side == "trl":
+        figures = train_trl(model_path, work, steps, device)
+    else:
+        figures = train_specialize(model_path, work, steps, device, processes)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return {}
     figures["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device == "cuda":
         figures["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
     adapter = Path(figures.pop("adapter"))
     val_rows, train_rows = _read(work / "validation.jsonl"), _read(work / "train.jsonl")
     val_loss, params = validation_loss(model_path, adapter, val_rows)
-    computed, pairs, loss_positions = _token_work(side, model_path, train_rows, device)
+    computed, pairs, loss_positions = _token_work(side, model_path, train_rows, device, processes)
     if side == "specialize" and computed != figures["computed_tokens"]:
         sys.exit(f"replayed batches compute {computed} tokens, train() reported {figures['computed_tokens']}")
     figures.setdefault("computed_tokens", figures["tokens"])  # TRL computes every token it trains on
@@ -188,14 +222,17 @@ def train_trl(model_path: Path, work: Path, steps: int, device: str) -> dict[str
     return {"adapter": str(work / "trl" / "adapter"), "tokens": int(tokens), "train_seconds": seconds}
 
 
-def train_specialize(model_path: Path, work: Path, steps: int, device: str) -> dict[str, Any]:
-    """specialize's `train()`; its `seconds` times the training loop alone, like the timer around TRL's."""
+def train_specialize(
+    model_path: Path, work: Path, steps: int, device: str, processes: int = 1
+) -> dict[str, Any]:
+    """specialize's `train()`; its `seconds` times the training loop alone, like the timer around TRL's.
+    Data-parallel, each of the `processes` takes its share of every batch of 8."""
     from specialize.config import LoraConfig, TrainConfig
     from specialize.train import train
 
     config = TrainConfig(
         max_steps=steps,
-        batch_size=BATCH,
+        batch_size=BATCH // processes,
         lora=LoraConfig(rank=RANK, alpha=ALPHA),
         learning_rate=LEARNING_RATE,
         device=device,  # precision auto: float32 on the CPU, bfloat16 autocast on a GPU
@@ -205,7 +242,7 @@ def train_specialize(model_path: Path, work: Path, steps: int, device: str) -> d
         model_path,
         work / "train.jsonl",
         work / "validation.jsonl",
-        work / "specialize",
+        work / f"specialize-{processes}",
         seed=0,
         progress=False,
     )
@@ -255,12 +292,13 @@ def validation_loss(
 
 
 def _token_work(
-    side: str, model_path: Path, train_rows: list[dict[str, Any]], device: str
+    side: str, model_path: Path, train_rows: list[dict[str, Any]], device: str, processes: int = 1
 ) -> tuple[int, int, int]:
     """Tokens a side computed, their causal query-key pairs, and the positions where a loss is taken.
 
     TRL runs every example whole. specialize's batches are replayed as train() forms them (same tokenisation,
-    same seed): on a CPU each batch runs its shared prefix once, then every row's own tokens.
+    same seed): on a CPU each batch (each process's share of it) runs its shared prefix once, then every row's
+    own tokens.
     """
     import torch
     from transformers import AutoConfig, AutoTokenizer
@@ -276,7 +314,10 @@ def _token_work(
     encoded = [encode_conversation(tokenizer, row["messages"]) for row in train_rows]
     config, on = AutoConfig.from_pretrained(model_path), torch.device(device)
     computed = pairs = 0
-    for batch in length_grouped_batches([len(e.input_ids) for e in encoded], BATCH, random.Random(0)):
+    share = BATCH // processes
+    batches = length_grouped_batches([len(e.input_ids) for e in encoded], BATCH, random.Random(0))
+    shares = [b[i : i + share] for b in batches for i in range(0, len(b), share)]
+    for batch in shares:
         collated = collate([encoded[i] for i in batch], tokenizer.pad_token_id)
         computed += computed_tokens(collated, config, on)
         prefix = int(collated["shared_prefix"]) if packs(config, on) else 0
@@ -317,6 +358,7 @@ def _print_table(
     results: dict[str, dict[str, Any]], flops: float, steps: int, n_val: int, device: str, model: Path | None
 ) -> None:
     trl, spec = results["trl"], results["specialize"]
+    parallel = next((name for name in results if name not in SIDES), None)
     for r in results.values():
         r["tokens_per_second"] = r["tokens"] / r["train_seconds"]
         r["mfu"] = r["flops"] / r["train_seconds"] / flops
@@ -336,21 +378,31 @@ def _print_table(
         f"\n{model or 'SmolLM2-135M-Instruct'}, LoRA r={RANK} all-linear, {precision}, batch {BATCH}, "
         f"{steps} steps on the same {steps * BATCH} examples"
     )
-    print(f"{'':38}{SIDES['trl']:>16}{SIDES['specialize']:>14}")
+    columns = [trl, spec] + ([results[parallel]] if parallel else [])
+    print(f"{'':38}{SIDES['trl']:>16}{SIDES['specialize']:>14}" + (f"{parallel:>16}" if parallel else ""))
     for label, key, fmt in rows:
-        print(f"{label:38}{fmt.format(trl[key]):>16}{fmt.format(spec[key]):>14}")
+        cells = [f"{fmt.format(c[key]):>{w}}" for c, w in zip(columns, (16, 14, 16), strict=False)]
+        print(f"{label:38}" + "".join(cells))
     speedup = spec["tokens_per_second"] / trl["tokens_per_second"]
     diff = (spec["validation_loss"] - trl["validation_loss"]) / trl["validation_loss"]
-    print(f"\nspecialize / TRL tokens/s:          {speedup:.2f}x")
-    print(f"validation loss, specialize vs TRL: {diff:+.2%}")
+    print(f"\nspecialize / TRL tokens/s:            {speedup:.2f}x")
+    if parallel:
+        many = results[parallel]["tokens_per_second"]
+        print(f"{parallel + ' / TRL tokens/s:':38}{many / trl['tokens_per_second']:.2f}x")
+        print(f"{parallel + ' / specialize tokens/s:':38}{many / spec['tokens_per_second']:.2f}x")
+    print(f"validation loss, specialize vs TRL:   {diff:+.2%}")
     matmul = "float32 matmul (2048 x 2048):" if device == "cpu" else "bfloat16 matmul (8192 x 8192):"
-    print(f"{matmul:36}{flops / 1e9:,.1f} GFLOP/s")
-    for side, r in (("TRL", trl), ("specialize", spec)):
+    print(f"{matmul:38}{flops / 1e9:,.1f} GFLOP/s")
+    for side, r in (
+        ("TRL", trl),
+        ("specialize", spec),
+        *([(parallel, results[parallel])] if parallel else []),
+    ):
         per_token, six_n = r["flops"] / r["computed_tokens"] / 1e6, r["flops_6n"] / r["computed_tokens"] / 1e6
         label = f"FLOPs/token computed, {side}:"
-        print(f"{label:36}{per_token:.0f} M (LoRA) / {six_n:.0f} M (6N), attention included")
+        print(f"{label:38}{per_token:.0f} M (LoRA) / {six_n:.0f} M (6N), attention included")
     own = spec["own_validation_loss"]
-    print(f"specialize's own validation loss:   {own:.4f} (from train(), its batched loop, same examples)")
+    print(f"specialize's own validation loss:     {own:.4f} (from train(), its batched loop, same examples)")
 
 
 def _read(path: Path) -> list[dict[str, Any]]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from specialize.config import ON_POLICY, RunConfig, save_resolved
+from specialize.config import ON_POLICY, RunConfig, TrainConfig, save_resolved
 from specialize.data import Example, PreparedData, load_examples, prepare_data, read_chat_jsonl
 from specialize.data.audit import left_out
 from specialize.errors import ConfigError, DataError, RunNotFoundError, TrainingError
@@ -32,9 +32,12 @@ from specialize.evaluate.report import load_report, recorded_scoring, write_html
 from specialize.models import resolve_model
 from specialize.runs import Registry, RunDir, build_run_dir, new_run_id, open_run, write_atomic
 from specialize.train import RESULT_FILE, SAMPLES_FILE, TrainResult, check_rows, train
+from specialize.train.checkpoint import check_processes
 from specialize.train.checkpoint import latest as latest_checkpoint
+from specialize.train.distributed import current
 
 if TYPE_CHECKING:
+    from specialize.config import RewardConfig
     from specialize.search import CurvePoint, StudyResult
     from specialize.train.placement import Placement
     from specialize.train.rewards import Reward
@@ -201,11 +204,13 @@ def resume(run: str, registry_url: str | None = None, progress: bool = True) -> 
         progress: show progress bars.
     """
     run_dir, config, registry = open_run(run, registry_url)
+    last = latest_checkpoint(run_dir.train / "checkpoints")
+    if last is not None:  # before anything changes or loads: a wrong --processes is told at once
+        check_processes(last, processes.world if (processes := current()) else 1)
     registry.set_status(run_dir.id, "running")
     model_path = resolve_model(config.base_model)
     data = PreparedData.load(run_dir.data)
     if not (run_dir.train / RESULT_FILE).exists():
-        last = latest_checkpoint(run_dir.train / "checkpoints")
         registry.delete_metrics_after(run_dir.id, "train", int(last.name.split("-")[-1]) if last else 0)
     return _train_and_evaluate(
         config, run_dir, data, model_path, registry, progress, resume=True, reward=_reward(config)
@@ -551,16 +556,33 @@ def _train_stage(
     reward: Reward | None,
 ) -> TrainResult:
     finished = run_dir.train / RESULT_FILE
-    if resume and finished.exists():
-        log.info("training of %s already finished; skipping to evaluation", run_dir.id)
-        return TrainResult.load(finished)
-    trained = train(
+    processes = current()
+    job = TrainJob(
         config.train,
         model_path,
         data.train_path,
         data.validation_path,
         run_dir.train,
         config.seed,
+        resume,
+        placement,
+        config.reward,
+        config.registry_url,
+    )
+    if resume and finished.exists():
+        log.info("training of %s already finished; skipping to evaluation", run_dir.id)
+        if processes is not None:
+            processes.from_main(None)  # nothing for the other processes to train
+        return TrainResult.load(finished)
+    if processes is not None:
+        processes.from_main(job)
+    trained = train(
+        job.config,
+        job.model_path,
+        job.train_file,
+        job.validation_file,
+        job.out_dir,
+        job.seed,
         on_metrics=lambda step, values: registry.log_metrics(run_dir.id, "train", values, step=step),
         progress=progress,
         resume=resume,
@@ -576,6 +598,50 @@ def _train_stage(
         {"train_seconds": trained.seconds, "tokens_per_second": trained.tokens_per_second},
     )
     return trained
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """What rank 0 of a multi-process run hands the other processes to train: `train`'s arguments, and the
+    `reward:` section (each process builds its own reward from it)."""
+
+    config: TrainConfig
+    model_path: Path
+    train_file: Path
+    validation_file: Path
+    out_dir: Path
+    seed: int
+    resume: bool
+    placement: Placement | None
+    reward: RewardConfig | None
+    registry_url: str
+
+
+def follow() -> None:
+    """Rank 1 and up of `specialize run` or `specialize train --resume` under several processes: wait for the
+    training rank 0 hands over (once it has checked the inputs and created or opened the run), train it with
+    the others, and return; rank 0 alone records, evaluates and reports.
+
+    The run's directory must be one every process sees (one machine, or a shared file system).
+    """
+    from specialize.train.rewards import build_reward
+
+    processes = current()
+    job: TrainJob | None = processes.from_main(None) if processes is not None else None
+    if job is None:
+        return
+    train(
+        job.config,
+        job.model_path,
+        job.train_file,
+        job.validation_file,
+        job.out_dir,
+        job.seed,
+        progress=False,
+        resume=job.resume,
+        placement=job.placement,
+        reward=None if job.reward is None else build_reward(job.reward, job.registry_url),
+    )
 
 
 def _sha256(path: Path) -> str:
@@ -603,6 +669,7 @@ def write_model_card(
     )
     if config.reward is not None:
         samples += f"\n- reward: {config.reward.type} ({config.reward.model_dump_json(exclude={'type'})})"
+    processes = f" x {trained.processes} processes" if trained.processes > 1 else ""
     adapter = (
         f"{t.adapter} (rank {t.lora.rank}, alpha {t.lora.alpha:g})"
         if t.adapter
@@ -620,7 +687,7 @@ Fine-tuned by specialize from **{config.base_model}**.
 
 ## Training
 - method: {t.method}, adapter: {adapter}
-- epochs {t.epochs:g}, batch size {t.batch_size} x accumulation {t.gradient_accumulation}, learning rate \
+- epochs {t.epochs:g}, batch size {t.batch_size} x accumulation {t.gradient_accumulation}{processes}, learning rate \
 {t.learning_rate:g}, warm-up {t.warmup_ratio:g}, seed {config.seed}
 - {trained.steps} steps, {trained.train_tokens} tokens in {trained.seconds:.0f} s \
 ({trained.tokens_per_second:.0f} tokens/s); final training loss {trained.final_train_loss:.4f}, {validation} \

@@ -132,6 +132,17 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
+def follow() -> int:
+    """Rank 1 and up of a multi-process `run` or `train --resume`: train what rank 0 hands over; rank 0 prints."""
+    import logging
+
+    from specialize.pipeline import follow as follow_rank_zero
+
+    logging.getLogger("specialize").setLevel(logging.WARNING)  # rank 0 logs the run once
+    follow_rank_zero()
+    return 0
+
+
 def train_resume(run_ref: str, registry_url: str | None, progress: bool) -> int:
     from specialize.pipeline import resume
 

@@ -13,7 +13,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from specialize.errors import SpecializeError
+from specialize.errors import ConfigError, SpecializeError
 
 BUNDLED_EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "legal_cuad_clauses.yaml"
 
@@ -38,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set train.learning_rate=1e-4 (repeatable)",
     )
+    _processes_option(p)
 
     tune = sub.add_parser(
         "tune",
@@ -88,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="continue a stopped run from its last checkpoint, then evaluate it")
     t.add_argument("--resume", required=True, metavar="RUN", help="run id, or the path of a run directory")
     t.add_argument("--registry", help="SQLAlchemy URL of the registry holding the run")
+    _processes_option(t)
 
     e = sub.add_parser("eval", help="evaluate a finished run on another file (a new test set) and record it")
     e.add_argument("run", metavar="RUN", help="run id, or the path of a run directory")
@@ -308,7 +310,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _processes_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train data-parallel in N processes on this machine (one per GPU, or CPU processes); the global "
+        "batch is train.batch_size x train.gradient_accumulation x N",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="specialize: %(message)s", stream=sys.stderr)
     for noisy in ("transformers", "httpx", "urllib3", "gguf", "absl"):
@@ -321,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quiet:
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # transformers' own bars (loading weights) too
     try:
-        return _dispatch(args)
+        return _dispatch(args, argv)
     except SpecializeError as exc:
         if args.debug:
             raise
@@ -333,9 +347,26 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _dispatch(args: argparse.Namespace) -> int:
+def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
     from specialize.cli import commands
+    from specialize.train import distributed
 
+    if distributed.launched():  # one of several processes (torchrun, accelerate launch, --processes)
+        if args.command not in ("run", "train"):
+            raise ConfigError(
+                f"specialize {args.command} runs in one process; only `specialize run` and `specialize train "
+                "--resume` train with several (start it without torchrun or accelerate launch)"
+            )
+        from specialize.cli.processes import follow_launcher
+
+        follow_launcher()
+        distributed.current()  # the process group, before anything is written: a bad launch fails at once
+        if distributed.rank() > 0:
+            return commands.follow()
+    elif getattr(args, "processes", 1) > 1:
+        from specialize.cli.processes import launch
+
+        return launch(argv, args.processes)
     if args.command == "run":
         return commands.run(args.config or BUNDLED_EXAMPLE, args.overrides, progress=not args.quiet)
     if args.command == "tune":

@@ -158,7 +158,7 @@ def perplexity(
         ids = encode_text(tokenizer, row["text"]).input_ids
         total = 0.0
         for start in range(0, len(ids) - 1, context):
-            window = torch.tensor([ids[start : start + context + 1]])
+            window = torch.tensor([ids[start : start + context + 1]], device=model.device)
             with torch.no_grad():
                 logits = model(input_ids=window[:, :-1]).logits[0].float()
             total += F.cross_entropy(logits, window[0, 1:], reduction="sum").item()

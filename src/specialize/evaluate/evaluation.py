@@ -221,7 +221,7 @@ class _Runner:
         fixed: Mapping[str, str] | None,
         reward: Reward | None = None,
     ) -> None:
-        from specialize.models import load_model
+        from specialize.models import for_inference, load_model
         from specialize.train.reward_model import is_reward_model, load_reward_model
 
         model, self.tokenizer = load_model(model_path)
@@ -239,8 +239,8 @@ class _Runner:
 
             model = PeftModel.from_pretrained(model, adapter_path)
         elif adapter_path is not None:
-            self.tuned = load_model(adapter_path)[0].eval()
-        self.model = model.eval()
+            self.tuned = for_inference(load_model(adapter_path)[0])
+        self.model = for_inference(model)  # a CUDA GPU in bfloat16 where there is one
         self.context = getattr(model.config, "max_position_embeddings", 2048)
         self.config, self.rows, self.task, self.labels, self.seed = config, rows, task, labels, seed
         self.progress = progress

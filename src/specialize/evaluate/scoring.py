@@ -40,7 +40,8 @@ class SharedPrefix:
         self.cache = None
         if n > 0:
             with torch.no_grad():
-                self.cache = model(input_ids=torch.tensor([self.ids]), use_cache=True).cache
+                ids = torch.tensor([self.ids], device=model.device)
+                self.cache = model(input_ids=ids, use_cache=True).cache
 
     def expanded(self, rows: int) -> Any:
         """A copy of the prefix cache for `rows` prompts (None when there is no shared prefix)."""
@@ -75,9 +76,10 @@ def score_labels(
     for row, p in enumerate(prompts):
         ids[row, : lengths[row]] = torch.tensor(p[n:])
         mask[row, n : n + lengths[row]] = 1
+    ids, mask = ids.to(base.device), mask.to(base.device)  # built on the CPU; the model may be on a GPU
     with torch.no_grad():
         out = decoder(input_ids=ids, attention_mask=mask, cache=prefix.expanded(len(prompts)), use_cache=True)
-        last = out.last_hidden_state[torch.arange(len(prompts)), torch.tensor(lengths) - 1]
+        last = out.last_hidden_state[torch.arange(len(prompts)), torch.tensor(lengths, device=ids.device) - 1]
         first = head(last).float().log_softmax(-1)
         scores = [[first[row, c[0]].item() for c in label_ids] for row in range(len(prompts))]
         _add_continuations(decoder, head, out.cache, mask, lengths, n, label_ids, scores)
@@ -108,16 +110,20 @@ def _add_continuations(
     ]
     if not packed:
         return
-    owner = torch.tensor([p[0] for p in packed])
-    depth = torch.tensor([p[1] for p in packed])
+    device, dtype = (
+        mask.device,
+        head.weight.dtype,
+    )  # an additive mask in the model's own dtype (bfloat16 on GPUs)
+    owner = torch.tensor([p[0] for p in packed], device=device)
+    depth = torch.tensor([p[1] for p in packed], device=device)
     rows, seen = len(lengths), mask.shape[1]
-    blocked = torch.finfo(torch.float32).min
+    blocked = torch.finfo(dtype).min
     own_label = (owner[:, None] == owner[None, :]) & (depth[None, :] <= depth[:, None])
-    attention = torch.full((rows, 1, len(packed), seen + len(packed)), blocked)
+    attention = torch.full((rows, 1, len(packed), seen + len(packed)), blocked, dtype=dtype, device=device)
     attention[:, 0, :, :seen] = torch.where(mask[:, None, :] == 1, 0.0, blocked)
     attention[:, 0, :, seen:] = torch.where(own_label, 0.0, blocked)
-    tokens = torch.tensor([p[2] for p in packed]).expand(rows, -1)
-    positions = n + torch.tensor(lengths)[:, None] + depth[None, :]
+    tokens = torch.tensor([p[2] for p in packed], device=device).expand(rows, -1)
+    positions = n + torch.tensor(lengths, device=device)[:, None] + depth[None, :]
     hidden = decoder(
         input_ids=tokens, attention_mask=attention, position_ids=positions, cache=cache
     ).last_hidden_state
@@ -190,7 +196,7 @@ def answer_loss(model: Any, tokenizer: Any, prompt: str, answer: str) -> tuple[f
 
     p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     a = tokenizer(answer + (tokenizer.eos_token or ""), add_special_tokens=False)["input_ids"]
-    ids = torch.tensor([p + a])
+    ids = torch.tensor([p + a], device=model.device)
     with torch.no_grad():
         logits = model(input_ids=ids, logits_to_keep=len(a) + 1).logits[0, :-1].float()
-    return F.cross_entropy(logits, torch.tensor(a), reduction="sum").item(), len(a)
+    return F.cross_entropy(logits, torch.tensor(a, device=ids.device), reduction="sum").item(), len(a)

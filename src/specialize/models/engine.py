@@ -386,8 +386,10 @@ def _settled(text: str, stops: tuple[str, ...]) -> int:
 
 
 def load_engine(base_path: Path, max_batch: int, max_adapters: int) -> Engine:
-    """An engine over the base model at `base_path`, in float32 (the fast path on CPUs)."""
-    from specialize.models.loading import load_model
+    """An engine over the base model at `base_path`: on a CUDA GPU in bfloat16 where there is one, else on the
+    CPU in float32 (the fast path there)."""
+    from specialize.models.loading import for_inference, load_model
 
     model, tokenizer = load_model(base_path)
+    model = for_inference(model)
     return Engine(model, tokenizer, max_batch=max_batch, max_adapters=max_adapters)

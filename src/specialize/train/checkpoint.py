@@ -29,6 +29,7 @@ class TrainerState:
     pending_batches: list[list[int]] = field(default_factory=list)
     best_validation_loss: float | None = None
     evals_without_improvement: int = 0
+    processes: int = 1  # of a data-parallel run: the global batch, and so the schedule, depend on it
 
 
 def latest(directory: Path) -> Path | None:
@@ -45,8 +46,13 @@ def save(
     rng: random.Random,
     state: TrainerState,
     keep: int,
+    process_rngs: list[dict[str, Any]] | None = None,
 ) -> Path:
-    """Write a checkpoint of step `state.step` atomically and keep only the newest `keep`."""
+    """Write a checkpoint of step `state.step` atomically and keep only the newest `keep`.
+
+    `process_rngs` are the RNG states of every process of a data-parallel run (`rng_states()` of each, in rank
+    order), written by rank 0 alone; a process alone saves its own.
+    """
     import torch
     from safetensors.torch import save_file
 
@@ -61,8 +67,8 @@ def save(
         {
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            **rng_states(),
+            "process_rngs": process_rngs or [],
         },
         staging / "optimizer.pt",
     )
@@ -75,8 +81,38 @@ def save(
     return final
 
 
-def load(path: Path, model: Any, optimizer: Any, scheduler: Any, rng: random.Random) -> TrainerState:
-    """Restore weights, optimizer, scheduler and RNGs from a checkpoint; return the loop state."""
+def check_processes(path: Path, processes: int) -> None:
+    """Refuse to continue a checkpoint with another number of data-parallel processes than wrote it: the global
+    batch, and so the schedule and the batch order, depend on it.
+
+    Raises:
+        TrainingError: naming the number to resume with.
+    """
+    from specialize.errors import TrainingError
+
+    wrote = json.loads((path / "state.json").read_text(encoding="utf-8")).get("processes", 1)
+    if wrote != processes:
+        raise TrainingError(
+            f"{path} was written by {wrote} training process(es) and this resume has {processes}: the global "
+            f"batch and the schedule depend on it; resume with --processes {wrote}"
+        )
+
+
+def rng_states() -> dict[str, Any]:
+    """This process's torch RNG states (CPU and CUDA): dropout and sampling continue where they were."""
+    import torch
+
+    return {
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def load(
+    path: Path, model: Any, optimizer: Any, scheduler: Any, rng: random.Random, rank: int = 0
+) -> TrainerState:
+    """Restore weights, optimizer, scheduler and RNGs (process `rank`'s, in a data-parallel run) from a
+    checkpoint; return the loop state."""
     import torch
     from safetensors.torch import load_file
 
@@ -90,9 +126,11 @@ def load(path: Path, model: Any, optimizer: Any, scheduler: Any, rng: random.Ran
     extra = torch.load(path / "optimizer.pt", weights_only=False, map_location="cpu")
     optimizer.load_state_dict(extra["optimizer"])
     scheduler.load_state_dict(extra["scheduler"])
-    torch.set_rng_state(extra["torch_rng"])
-    if extra.get("cuda_rng") and torch.cuda.device_count() == len(extra["cuda_rng"]):
-        torch.cuda.set_rng_state_all(extra["cuda_rng"])
+    rngs = extra.get("process_rngs") or [extra]
+    own = rngs[rank] if rank < len(rngs) else extra
+    torch.set_rng_state(own["torch_rng"])
+    if own.get("cuda_rng") and torch.cuda.device_count() == len(own["cuda_rng"]):
+        torch.cuda.set_rng_state_all(own["cuda_rng"])
     doc = json.loads((path / "state.json").read_text(encoding="utf-8"))
     rng.setstate(_rng_from_json(doc.pop("python_rng")))
     return TrainerState(**doc)

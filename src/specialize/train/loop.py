@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import shutil
 import time
@@ -28,6 +29,7 @@ from specialize.train.checkpoint import TrainerState
 from specialize.train.objective import METHODS, objective_for
 
 if TYPE_CHECKING:
+    from specialize.train.distributed import Processes
     from specialize.train.placement import Placement
     from specialize.train.rewards import Reward
 
@@ -66,6 +68,7 @@ class TrainResult:
     validation_loss: float
     computed_tokens: int = 0  # tokens run through the model: a prefix shared by a batch counts once
     method: str = "sft"  # train.method; on-policy methods' losses are not a training/validation pair
+    processes: int = 1  # data-parallel processes; each step's global batch is batch x accumulation x these
 
     @property
     def tokens_per_second(self) -> float:
@@ -117,6 +120,13 @@ def train(
         on_evaluation: called with (step, model in eval mode); raising from it stops training (a search
             prunes a trial that way).
 
+    Under `torchrun`, `accelerate launch` or `specialize run --processes N`, every process calls this with the
+    same arguments and trains data-parallel (`distributed.py`): each step's global batch is `batch_size` x
+    `gradient_accumulation` x the processes, drawn as one process would draw it and split between them, so the
+    steps, the schedule and the seed mean what they mean on one process; rank 0 alone writes checkpoints,
+    metrics and the weights (and, on-policy, its own samples to `samples.jsonl`), and the others return once
+    the last step is taken (their result's `validation_loss` is NaN).
+
     Returns:
         The path of the adapter (or full model) and the training figures.
 
@@ -127,9 +137,17 @@ def train(
     import torch
 
     from specialize.models import load_model
-    from specialize.train.placement import choose_placement
+    from specialize.train.distributed import check_device, current
+    from specialize.train.placement import Placement, choose_placement
 
     placement = placement or choose_placement(config.device, config.precision)
+    processes = current()
+    if processes is not None:
+        check_device(processes, placement.device)
+        placement = Placement(processes.device, placement.autocast_dtype)
+        log.info(
+            "data-parallel training in %d processes (this one: rank %d)", processes.world, processes.rank
+        )
     log.info("training on %s", placement.describe())
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -148,6 +166,10 @@ def train(
         weights = {k: v.detach().clone() for k, v in base.state_dict().items()}
     # The adapter is drawn on the CPU, then moved: the same seed gives the same start on any device.
     model = _prepare_model(base.cpu() if preloaded else base, config, method.scalar_head).to(placement.device)
+    if processes is not None and processes.rank:
+        torch.manual_seed(
+            seed + processes.rank
+        )  # the same start everywhere, but each its own dropout and samples
     try:
         return _train_loop(
             config,
@@ -165,6 +187,7 @@ def train(
             evaluate_every,
             on_evaluation,
             reward,
+            processes,
         )
     finally:
         if weights is not None:
@@ -189,6 +212,7 @@ def _train_loop(
     evaluate_every: int | None,
     on_evaluation: EvaluationHook | None,
     reward: Reward | None,
+    processes: Processes | None,
 ) -> TrainResult:
     import torch
     from tqdm.auto import tqdm
@@ -201,8 +225,13 @@ def _train_loop(
     objective = objective_for(config, tokenizer.pad_token_id, reward)
     cache = preloaded.encoded if preloaded is not None else None
     with placement.autocast():  # DPO scores its reference here
-        train_set = _encode(objective, model, tokenizer, read_prepared(train_file), config.method, cache)
-        val_set = _encode(objective, model, tokenizer, read_prepared(validation_file), config.method, cache)
+        train_set = _encode(
+            objective, model, tokenizer, read_prepared(train_file), config.method, cache, processes
+        )
+        val_set = _encode(
+            objective, model, tokenizer, read_prepared(validation_file), config.method, cache, processes
+        )
+    main, world = processes is None or processes.main, 1 if processes is None else processes.world
     lengths = [objective.length(e) for e in train_set]
     params = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in params)
@@ -214,7 +243,7 @@ def _train_loop(
         batch_size=config.batch_size,
         device=placement.device,
     )
-    per_step = config.batch_size * config.gradient_accumulation
+    per_step = config.batch_size * config.gradient_accumulation * world
     steps = config.max_steps or max(1, math.ceil(config.epochs * len(train_set) / per_step))
     # The fused AdamW updates every tensor in one pass over memory instead of a dozen: on a CPU, 4 ms a step
     # instead of 18 for a rank-16 adapter of SmolLM2-135M (measured).
@@ -224,22 +253,34 @@ def _train_loop(
     scheduler = _schedule(optimizer, steps, config.warmup_ratio)
 
     ckpt_dir = out_dir / "checkpoints"
-    state = TrainerState()
+    state = TrainerState(processes=world)
     last = checkpoint.latest(ckpt_dir) if resume else None
     if last is not None:
-        state = checkpoint.load(last, model, optimizer, scheduler, rng)
+        checkpoint.check_processes(last, world)
+        state = checkpoint.load(
+            last, model, optimizer, scheduler, rng, 0 if processes is None else processes.rank
+        )
         log.info("resuming from %s (step %d of %d)", last.name, state.step, steps)
-    elif not resume:
+    elif not resume and main:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
-    metrics_path, samples_path = out_dir / "metrics.jsonl", out_dir / SAMPLES_FILE
-    _truncate_metrics(metrics_path, state.step)
-    _truncate_metrics(samples_path, state.step)
+    # Only rank 0 records; the others write their copies of the same figures nowhere.
+    metrics_path, samples_path = (
+        (out_dir / "metrics.jsonl", out_dir / SAMPLES_FILE) if main else (Path(os.devnull), Path(os.devnull))
+    )
+    if main:
+        _truncate_metrics(metrics_path, state.step)
+        _truncate_metrics(samples_path, state.step)
     model.train()
     started = time.perf_counter() - state.seconds
     last_loss = float("nan")
     stopped_early = False
     bar = tqdm(
-        total=steps, initial=state.step, desc="train", unit="step", disable=not progress, dynamic_ncols=True
+        total=steps,
+        initial=state.step,
+        desc="train",
+        unit="step",
+        disable=not progress or not main,
+        dynamic_ncols=True,
     )
     with (
         fused_lora(model),
@@ -250,17 +291,30 @@ def _train_loop(
             group = []
             for _ in range(config.gradient_accumulation):
                 if not state.pending_batches:
-                    state.pending_batches = length_grouped_batches(lengths, config.batch_size, rng)
-                group.append(objective.collate([train_set[i] for i in state.pending_batches.pop()]))
+                    state.pending_batches = length_grouped_batches(lengths, config.batch_size * world, rng)
+                rows = state.pending_batches.pop()
+                rows = rows if processes is None else processes.shard(rows, config.batch_size)
+                if rows:
+                    group.append(objective.collate([train_set[i] for i in rows]))
             n_targets = sum(objective.count(b) for b in group)
-            step_loss = 0.0
+            step_loss, step_tokens, step_computed = 0.0, 0, 0
             for batch in group:
                 with placement.autocast():
                     loss_sum = objective.loss(model, batch)
-                (loss_sum / n_targets).backward()
+                # Data-parallel, the step's target count is known only once summed over the processes, with
+                # the gradients: the summed loss is backpropagated, and the summed gradient divided after.
+                (loss_sum / n_targets if processes is None else loss_sum).backward()
                 step_loss += loss_sum.item()
-                state.tokens += int(batch["attention_mask"].sum())
-                state.computed_tokens += computed_tokens(batch, model.config, placement.device)
+                step_tokens += int(batch["attention_mask"].sum())
+                step_computed += computed_tokens(batch, model.config, placement.device)
+            if processes is not None:
+                figures = [step_loss, n_targets, step_tokens, step_computed]
+                summed = processes.sum_gradients(params, torch.tensor(figures, dtype=torch.float64))
+                step_loss, n_targets = float(summed[0]), max(round(float(summed[1])), 1)
+                step_tokens, step_computed = round(float(summed[2])), round(float(summed[3]))
+                torch._foreach_div_([p.grad for p in params], float(n_targets))
+            state.tokens += step_tokens
+            state.computed_tokens += step_computed
             last_loss = step_loss / n_targets
             if not math.isfinite(last_loss):
                 raise TrainingError(
@@ -289,9 +343,13 @@ def _train_loop(
             stop = config.early_stopping
             if stop is not None and (step % stop.eval_every == 0 or step == steps):
                 with placement.autocast():
-                    row["validation_loss"] = objective.validation(model, val_set)
-                stopped_early = _track_best(model, tokenizer, out_dir, state, row["validation_loss"], stop)
-            if row:
+                    row["validation_loss"] = objective.validation(model, val_set) if main else math.nan
+                if processes is not None:  # rank 0's figure, so that every process stops at the same step
+                    row["validation_loss"] = processes.from_main(row["validation_loss"])
+                stopped_early = _track_best(
+                    model, tokenizer, out_dir, state, row["validation_loss"], stop, save=main
+                )
+            if row and main:
                 metrics_file.write(json.dumps({"step": step, **row}) + "\n")
                 metrics_file.flush()
                 if on_metrics:
@@ -309,8 +367,25 @@ def _train_loop(
                 )
                 break
             if step % config.checkpoints.every == 0 and step < steps:
-                checkpoint.save(ckpt_dir, model, optimizer, scheduler, rng, state, config.checkpoints.keep)
+                rngs = None if processes is None else processes.gather(checkpoint.rng_states())
+                if main:
+                    checkpoint.save(
+                        ckpt_dir, model, optimizer, scheduler, rng, state, config.checkpoints.keep, rngs
+                    )
     bar.close()
+    if not main:  # rank 0 validates and saves the weights every process holds
+        return TrainResult(
+            out_dir,
+            config.adapter is not None,
+            state.step,
+            state.tokens,
+            state.seconds,
+            last_loss,
+            math.nan,
+            state.computed_tokens,
+            config.method,
+            world,
+        )
     best = out_dir / ".best"
     if config.early_stopping is not None and best.exists():
         output = _promote(best, out_dir, adapter=config.adapter is not None)
@@ -341,6 +416,7 @@ def _train_loop(
         val_loss,
         state.computed_tokens,
         config.method,
+        world,
     )
     result.save(out_dir / RESULT_FILE)
     return result
@@ -353,8 +429,17 @@ def _encode(
     rows: list[dict[str, Any]],
     method: str,
     cache: dict[str, Any] | None,
+    processes: Processes | None = None,
 ) -> list[Any]:
-    """The rows as the objective's examples; with a cache, only rows not encoded before are."""
+    """The rows as the objective's examples; with a cache, only rows not encoded before are.
+
+    Data-parallel, each process encodes every n-th row (tokenizing, and DPO's reference pass, divided between
+    them) and all of them receive every example: batches are drawn from the whole set by every process alike.
+    """
+    if processes is not None:
+        mine = _encode(objective, model, tokenizer, rows[processes.rank :: processes.world], method, cache)
+        shares = processes.gather(mine)
+        return [shares[i % processes.world][i // processes.world] for i in range(len(rows))]
     if cache is None:
         return list(objective.encode(model, tokenizer, rows))
     keys = [method + "\n" + json.dumps(row, sort_keys=True) for row in rows]
@@ -366,13 +451,21 @@ def _encode(
 
 
 def _track_best(
-    model: Any, tokenizer: Any, out_dir: Path, state: TrainerState, loss: float, stop: EarlyStoppingConfig
+    model: Any,
+    tokenizer: Any,
+    out_dir: Path,
+    state: TrainerState,
+    loss: float,
+    stop: EarlyStoppingConfig,
+    save: bool = True,
 ) -> bool:
-    """Keep the weights of the best validation loss in `out_dir/.best`; True when patience has run out."""
+    """Keep the weights of the best validation loss in `out_dir/.best` (when `save`: rank 0 of several
+    processes); True when patience has run out."""
     if state.best_validation_loss is None or loss < state.best_validation_loss - stop.min_delta:
         state.best_validation_loss = loss
         state.evals_without_improvement = 0
-        _save_atomic(model, tokenizer, out_dir / ".best")
+        if save:
+            _save_atomic(model, tokenizer, out_dir / ".best")
         return False
     state.evals_without_improvement += 1
     return state.evals_without_improvement >= stop.patience
