@@ -17,7 +17,6 @@ import random
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from specialize.data.template import IGNORE, Encoded
 
@@ -88,6 +87,7 @@ def target_losses(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Ten
     The batch runs as one packed pass (`packing.packed_forward`: the shared prefix once, each row's own tokens,
     no padding) where `packs` says so; otherwise as the plain padded batch.
     """
+    from specialize.train.head_loss import head_losses
     from specialize.train.packing import packed_forward
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -103,8 +103,7 @@ def target_losses(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Ten
         targets = batch["targets"]
         rows = torch.arange(len(targets), device=targets.device)[:, None].expand_as(targets)
     where = targets != IGNORE
-    logits = base.get_output_embeddings()(hidden[where])
-    return F.cross_entropy(logits.float(), targets[where], reduction="none"), rows[where]
+    return head_losses(base.get_output_embeddings(), hidden[where], targets[where]), rows[where]
 
 
 def packs(model_config: Any, device: torch.device) -> bool:

@@ -122,10 +122,12 @@ def packed_attention(
     q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))
     outs = []
     if p:
+        # Copies of the prefix's few rows: views would keep the whole packed query, key and value alive for the
+        # backward pass (saved by this product), though the row groups below save gathered copies of their own.
         prefix = F.scaled_dot_product_attention(
-            query[:, :, :p],
-            key[:, :, :p],
-            value[:, :, :p],
+            query[:, :, :p].contiguous(),
+            key[:, :, :p].contiguous(),
+            value[:, :, :p].contiguous(),
             attn_mask=packed_rows.mask(-1, sliding_window),
             dropout_p=dropout,
             scale=scaling,
