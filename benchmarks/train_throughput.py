@@ -285,13 +285,21 @@ def _token_work(
     """Tokens a side computed, their causal query-key pairs, and the positions where a loss is taken.
 
     TRL runs every example whole. specialize's batches are replayed as train() forms them (same tokenisation,
-    same seed): on a CPU each batch runs its shared prefix once, then every row's own tokens.
+    same seed): on a CPU each batch (or each pass of a long batch, `batching.passes`) runs its shared prefix once,
+    then every row's own tokens.
     """
     import torch
     from transformers import AutoConfig, AutoTokenizer
 
     from specialize.data import encode_conversation
-    from specialize.train.batching import collate, computed_tokens, length_grouped_batches, packs
+    from specialize.train.batching import (
+        PASS_TOKENS,
+        collate,
+        computed_tokens,
+        length_grouped_batches,
+        packs,
+        passes,
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     loss_positions = sum(len(_encode(tokenizer, row["messages"])[1]) for row in train_rows)
@@ -301,14 +309,16 @@ def _token_work(
     encoded = [encode_conversation(tokenizer, row["messages"]) for row in train_rows]
     config, on = AutoConfig.from_pretrained(model_path), torch.device(device)
     computed = pairs = 0
+    budget = PASS_TOKENS if packs(config, on) else None
     for batch in length_grouped_batches([len(e.input_ids) for e in encoded], BATCH, random.Random(0)):
-        collated = collate([encoded[i] for i in batch], tokenizer.pad_token_id)
-        computed += computed_tokens(collated, config, on)
-        prefix = int(collated["shared_prefix"]) if packs(config, on) else 0
-        lengths = collated["attention_mask"].sum(dim=1).tolist()
-        pairs += prefix * (prefix + 1) // 2 + sum(
-            n * (n + 1) // 2 - prefix * (prefix + 1) // 2 for n in lengths
-        )
+        for part in passes([encoded[i] for i in batch], budget):
+            collated = collate(part, tokenizer.pad_token_id)
+            computed += computed_tokens(collated, config, on)
+            prefix = int(collated["shared_prefix"]) if packs(config, on) else 0
+            lengths = collated["attention_mask"].sum(dim=1).tolist()
+            pairs += prefix * (prefix + 1) // 2 + sum(
+                n * (n + 1) // 2 - prefix * (prefix + 1) // 2 for n in lengths
+            )
     return computed, pairs, loss_positions
 
 

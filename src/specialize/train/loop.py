@@ -194,7 +194,7 @@ def _train_loop(
     from tqdm.auto import tqdm
 
     from specialize.train import checkpoint
-    from specialize.train.batching import computed_tokens, length_grouped_batches
+    from specialize.train.batching import PASS_TOKENS, computed_tokens, length_grouped_batches, packs, passes
     from specialize.train.fused_lora import fused_lora
     from specialize.train.resources import check_resources, estimate_memory
 
@@ -214,6 +214,9 @@ def _train_loop(
         batch_size=config.batch_size,
         device=placement.device,
     )
+    # SFT's rows are independent, so a long batch can run as several passes (`passes`); the other objectives
+    # score pairs, groups of samples or a batch-wide reference, and a GPU's step costs launches, not memory.
+    budget = PASS_TOKENS if config.method == "sft" and packs(model.config, placement.device) else None
     per_step = config.batch_size * config.gradient_accumulation
     steps = config.max_steps or max(1, math.ceil(config.epochs * len(train_set) / per_step))
     # The fused AdamW updates every tensor in one pass over memory instead of a dozen: on a CPU, 4 ms a step
@@ -251,7 +254,8 @@ def _train_loop(
             for _ in range(config.gradient_accumulation):
                 if not state.pending_batches:
                     state.pending_batches = length_grouped_batches(lengths, config.batch_size, rng)
-                group.append(objective.collate([train_set[i] for i in state.pending_batches.pop()]))
+                examples = [train_set[i] for i in state.pending_batches.pop()]
+                group += [objective.collate(part) for part in passes(examples, budget)]
             n_targets = sum(objective.count(b) for b in group)
             step_loss = 0.0
             for batch in group:
