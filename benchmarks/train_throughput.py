@@ -240,6 +240,7 @@ def train_specialize(model_path: Path, work: Path, steps: int, device: str) -> d
         "computed_tokens": result.computed_tokens,
         "train_seconds": result.seconds,
         "own_validation_loss": result.validation_loss,
+        "memory_estimate_mib": result.memory_estimate / 2**20,
     }
 
 
@@ -368,6 +369,7 @@ def _print_table(
         ("tokens/s", "tokens_per_second", "{:.1f}"),
         (f"validation loss ({n_val} examples)", "validation_loss", "{:.4f}"),
         ("peak memory, RSS (MiB)", "peak_rss_mib", "{:,.0f}"),
+        ("memory pre-check's estimate (MiB)", "memory_estimate_mib", "{:,.0f}"),
         *([("peak GPU memory allocated (MiB)", "peak_gpu_mib", "{:,.0f}")] if device == "cuda" else []),
         ("process wall time (s)", "wall_seconds", "{:.1f}"),
         ("MFU", "mfu", "{:.1%}"),
@@ -379,7 +381,8 @@ def _print_table(
     )
     print(f"{'':38}{SIDES['trl']:>16}{SIDES['specialize']:>14}")
     for label, key, fmt in rows:
-        print(f"{label:38}{fmt.format(trl[key]):>16}{fmt.format(spec[key]):>14}")
+        trl_value = fmt.format(trl[key]) if key in trl else "-"  # TRL makes no memory estimate
+        print(f"{label:38}{trl_value:>16}{fmt.format(spec[key]):>14}")
     speedup = spec["tokens_per_second"] / trl["tokens_per_second"]
     diff = (spec["validation_loss"] - trl["validation_loss"]) / trl["validation_loss"]
     print(f"\nspecialize / TRL tokens/s:          {speedup:.2f}x")

@@ -66,6 +66,14 @@ def passes(examples: list[Encoded], budget: int | None) -> list[list[Encoded]]:
     return parts
 
 
+def pass_tokens(examples: list[Encoded], budget: int | None) -> int:
+    """The most tokens one pass of this batch computes (`passes`; a shared prefix once where it packs)."""
+    return max(
+        sum(len(e.input_ids) for e in part) - shared_prefix_length(part) * (len(part) - 1)
+        for part in passes(examples, budget)
+    )
+
+
 def collate(examples: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded input ids, attention mask and next-token targets (already shifted by one)."""
     width = max(len(e.input_ids) for e in examples)

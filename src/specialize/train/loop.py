@@ -66,6 +66,7 @@ class TrainResult:
     validation_loss: float
     computed_tokens: int = 0  # tokens run through the model: a prefix shared by a batch counts once
     method: str = "sft"  # train.method; on-policy methods' losses are not a training/validation pair
+    memory_estimate: int = 0  # bytes, the pre-check's estimate of peak memory (`resources.estimate_memory`)
 
     @property
     def tokens_per_second(self) -> float:
@@ -194,7 +195,14 @@ def _train_loop(
     from tqdm.auto import tqdm
 
     from specialize.train import checkpoint
-    from specialize.train.batching import PASS_TOKENS, computed_tokens, length_grouped_batches, packs, passes
+    from specialize.train.batching import (
+        PASS_TOKENS,
+        computed_tokens,
+        length_grouped_batches,
+        packs,
+        pass_tokens,
+        passes,
+    )
     from specialize.train.fused_lora import fused_lora
     from specialize.train.resources import check_resources, estimate_memory
 
@@ -207,16 +215,24 @@ def _train_loop(
     params = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in params)
     n_params = sum(p.numel() for p in model.parameters())
+    # SFT's rows are independent, so a long batch can run as several passes (`passes`); the other objectives
+    # score pairs, groups of samples or a batch-wide reference, and a GPU's step costs launches, not memory.
+    budget = PASS_TOKENS if config.method == "sft" and packs(model.config, placement.device) else None
+    longest = sorted(range(len(lengths)), key=lengths.__getitem__)[-config.batch_size :]
+    tokens = (
+        pass_tokens([train_set[i] for i in longest], budget)
+        if budget is not None
+        else config.batch_size * max(lengths)  # a padded batch in one pass
+    )
+    fused = config.adapter == "lora" and config.lora.dropout == 0
+    memory = estimate_memory(model.config, n_params, n_trainable, tokens, fused)
     check_resources(
-        estimate_memory(model.config, n_params, n_trainable, config.batch_size, max(lengths)),
+        memory,
         disk_needed=n_trainable * 4 * (config.checkpoints.keep * 3 + 2),
         out_dir=out_dir,
         batch_size=config.batch_size,
         device=placement.device,
     )
-    # SFT's rows are independent, so a long batch can run as several passes (`passes`); the other objectives
-    # score pairs, groups of samples or a batch-wide reference, and a GPU's step costs launches, not memory.
-    budget = PASS_TOKENS if config.method == "sft" and packs(model.config, placement.device) else None
     per_step = config.batch_size * config.gradient_accumulation
     steps = config.max_steps or max(1, math.ceil(config.epochs * len(train_set) / per_step))
     # The fused AdamW updates every tensor in one pass over memory instead of a dozen: on a CPU, 4 ms a step
@@ -345,6 +361,7 @@ def _train_loop(
         val_loss,
         state.computed_tokens,
         config.method,
+        memory.total,
     )
     result.save(out_dir / RESULT_FILE)
     return result
