@@ -50,9 +50,11 @@ PASS_TOKENS = 1536
 def passes(examples: list[Encoded], budget: int | None) -> list[list[Encoded]]:
     """A batch's examples as one pass, or, where it computes more than `budget` tokens (a shared prefix once),
     as consecutive groups of about equal tokens (a row longer than the budget runs alone)."""
+    if budget is None:  # any objective's examples, not only encoded conversations
+        return [examples]
     lengths = [len(e.input_ids) for e in examples]
     total = sum(lengths)
-    if budget is None or total - shared_prefix_length(examples) * (len(examples) - 1) <= budget:
+    if total - shared_prefix_length(examples) * (len(examples) - 1) <= budget:
         return [examples]
     n = -(-total // budget)
     parts: list[list[Encoded]] = [[]]
