@@ -8,6 +8,9 @@ themselves: in a SmolLM2-135M step they were a tenth of the time. Here the scale
 rank-wide product and BLAS adds `scale * (x A^T) B^T` straight into the base output (and, backward,
 `scale * (g B) A` into the input gradient), so no full-width temporary is made.
 
+A gated MLP (down(act(gate(x)) * up(x)), Llama's and its kin's) whose three projections are such layers runs
+as one function, which keeps only x, gate and up for the backward pass (`_LoraMLP`).
+
 Only the plain case is fused: one active LoRA adapter, no dropout, not merged, not DoRA, adapters enabled.
 Anything else runs PEFT's own forward unchanged, so DoRA, dropout, the disabled-adapter reference pass of
 DPO and mixed-adapter batches behave exactly as before.

@@ -225,7 +225,9 @@ def _train_loop(
         else config.batch_size * max(lengths)  # a padded batch in one pass
     )
     fused = config.adapter == "lora" and config.lora.dropout == 0
-    memory = estimate_memory(model.config, n_params, n_trainable, tokens, fused)
+    memory = estimate_memory(
+        model.config, n_params, n_trainable, tokens, fused, cpu=placement.device.type == "cpu"
+    )
     check_resources(
         memory,
         disk_needed=n_trainable * 4 * (config.checkpoints.keep * 3 + 2),

@@ -67,7 +67,7 @@ def activation_floats(model_config: Any, fused: bool) -> int:
 
 
 def estimate_memory(
-    model_config: Any, n_params: int, n_trainable: int, tokens: int, fused: bool
+    model_config: Any, n_params: int, n_trainable: int, tokens: int, fused: bool, cpu: bool = True
 ) -> MemoryEstimate:
     """Peak memory of float32 training whose largest forward and backward pass computes `tokens` tokens.
 
@@ -77,8 +77,12 @@ def estimate_memory(
         n_trainable: the parameters that get gradients and AdamW moments.
         tokens: tokens computed by the largest pass (`batching.pass_tokens`).
         fused: whether the fused LoRA path runs (plain LoRA without dropout), which keeps fewer activations.
+        cpu: the process's memory on a CPU; on a GPU, the device's (no Python runtime there, and PyTorch's
+            caching allocator, not glibc's, holds freed blocks).
     """
     activations = activation_floats(model_config, fused) * 4 * tokens
+    if not cpu:
+        return MemoryEstimate(n_params * 4, n_trainable * 4 * 3, activations, runtime=0)
     return MemoryEstimate(n_params * 4, n_trainable * 4 * 3, int(activations * HELD))
 
 
