@@ -36,19 +36,25 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor
     ) -> torch.Tensor:
         want_grad = ctx.needs_input_grad[0]
+        on = hidden.device.type
+        # Under autocast the products run in its dtype, as the plain head's would (the weight cast once, not
+        # per chunk); the softmax in float32. A GPU is bound by launches, not memory: larger chunks there.
+        dtype = torch.get_autocast_dtype(on) if torch.is_autocast_enabled(on) else hidden.dtype
+        chunk = CHUNK if on == "cpu" else 16 * CHUNK
+        weight = weight.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
         losses = torch.empty(len(targets), dtype=torch.float32, device=hidden.device)
         grad = torch.empty_like(hidden) if want_grad else None
-        for start in range(0, len(targets), CHUNK):
-            h, t = hidden[start : start + CHUNK], targets[start : start + CHUNK]
-            # under autocast the product runs in its dtype, as the plain head's would; the softmax in float32
+        for start in range(0, len(targets), chunk):
+            h, t = hidden[start : start + chunk].to(dtype), targets[start : start + chunk]
             logits = F.linear(h, weight, bias)
             scores = logits.float()
             lse = torch.logsumexp(scores, dim=-1)
-            losses[start : start + CHUNK] = lse - scores.gather(1, t[:, None])[:, 0]
+            losses[start : start + chunk] = lse - scores.gather(1, t[:, None])[:, 0]
             if grad is not None:
                 probs = scores.sub_(lse[:, None]).exp_()  # in place: the chunk's logits are not needed again
                 probs[torch.arange(len(t), device=t.device), t] -= 1
-                grad[start : start + CHUNK] = probs.to(logits.dtype) @ weight.to(logits.dtype)
+                grad[start : start + chunk] = probs.to(dtype) @ weight
         ctx.save_for_backward(grad)
         return losses
 
