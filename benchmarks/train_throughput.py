@@ -2,8 +2,10 @@
 
 Both fine-tune SmolLM2-135M-Instruct (float32) with LoRA rank 16, alpha 32, dropout 0 on every linear layer,
 batch 8, learning rate 2e-4 on a cosine schedule, for the same N optimizer steps over the same N x 8 examples
-(the first ones of the legal_unfair_tos training split, one epoch each), with the loss on the assistant answer
-only. Each side runs in its own child process so that its peak memory (ru_maxrss) is its own. For each side it
+(the first ones of a training split, one epoch each), with the loss on the assistant answer only. It runs two
+kinds of data, one table each: legal_unfair_tos (12 steps), whose rows open with the same long instruction, and
+math_gsm8k (6 steps), whose rows share nothing but the chat template's first tokens; the summary after them
+gives each set's ratio of tokens/s and both sides' MFU against one matmul reference measured in the same run. Each side runs in its own child process so that its peak memory (ru_maxrss) is its own. For each side it
 reports:
 
 - trained tokens: non-padding tokens of the batches actually trained on. Both trainers see the same examples
@@ -38,10 +40,11 @@ gloo between CPU processes, one thread each), with the same global batch of 8 (4
 examples, and the table adds its column and its ratio to the one-process run and to TRL's (TRL runs in one
 process). Memory there is rank 0's.
 
-Run it with `make bench`, or `python benchmarks/train_throughput.py --steps 12` (the default: 10 to 20 minutes
-on 2 cores, most of it TRL's; `--steps 2 --max-val 8` for a smoke test). Why: specialize hand-writes its
-training loop for CPU speed (see `specialize/train/batching.py`); this shows what that buys against the
-standard library, at equal quality.
+
+Run it with `make bench`, or `python benchmarks/train_throughput.py` (about 10 minutes on 2 cores for both
+sets, most of it TRL's; `--data DIR` for one set, `--steps 2 --max-val 8` for a smoke test). Why: specialize
+hand-writes its training loop for CPU speed (see `specialize/train/batching.py`); this shows what that buys
+against the standard library, at equal quality, on data with and without a shared instruction.
 """
 
 from __future__ import annotations
@@ -58,16 +61,29 @@ import time
 from pathlib import Path
 from typing import Any
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "legal_unfair_tos"
+DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+# Two kinds of data, each run for a few minutes: rows that open with the same long instruction (85 of a
+# legal_unfair_tos row's 140 tokens, which a batch computes once), and chat rows that share nothing but the chat
+# template's first tokens (GSM8K word problems, with answers of a few hundred tokens). Steps and validation
+# examples per set.
+SETS = {"legal_unfair_tos": (12, 64), "math_gsm8k": (6, 16)}
 BATCH, RANK, ALPHA, LEARNING_RATE = 8, 16, 32, 2e-4
 SIDES = {"trl": "TRL SFTTrainer", "specialize": "specialize"}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=12, help="optimizer steps per side (batch 8)")
-    parser.add_argument("--max-val", type=int, default=64, help="validation examples to score")
-    parser.add_argument("--data", type=Path, default=DATA, help="holds train.jsonl and validation.jsonl")
+    parser.add_argument(
+        "--steps", type=int, help="optimizer steps per side and data set (batch 8); default: each set's own"
+    )
+    parser.add_argument("--max-val", type=int, help="validation examples to score; default: each set's own")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        nargs="+",
+        default=[DATASETS / name for name in SETS],
+        help="data sets (each holds train.jsonl and validation.jsonl), one table each",
+    )
     parser.add_argument(
         "--device",
         choices=["cpu", "cuda"],
@@ -94,47 +110,57 @@ def main() -> None:
 
     if args.model and not (args.model / "config.json").is_file():
         parser.error(f"--model {args.model}: no config.json there; give a Hugging Face model directory")
-    missing = [f for f in ("train.jsonl", "validation.jsonl") if not (args.data / f).is_file()]
-    if missing:
-        parser.error(f"--data {args.data}: no {' or '.join(missing)} there (the shared datasets folder?)")
-    train_rows = _read(args.data / "train.jsonl")
-    if not 0 < args.steps * BATCH <= len(train_rows):
-        parser.error(f"--steps must be 1..{len(train_rows) // BATCH} so both sides train on one epoch")
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        _write(work / "train.jsonl", train_rows[: args.steps * BATCH])
-        val_rows = _read(args.data / "validation.jsonl")[: args.max_val]
-        _write(work / "validation.jsonl", val_rows)
-        flops = matmul_flops(args.device)
-        results = {}
-        runs = [(side, name, 1) for side, name in SIDES.items()]
-        if args.processes > 1:
-            runs.append(("specialize", f"specialize x{args.processes}", args.processes))
-        for side, name, processes in runs:
-            print(f"training with {name}: {args.steps} steps ...", file=sys.stderr, flush=True)
-            out = work / f"{side}-{processes}.json"
-            launcher = [sys.executable]
-            if processes > 1:
-                launcher += [
-                    "-m",
-                    "torch.distributed.run",
-                    "--standalone",
-                    "--nproc-per-node",
-                    str(processes),
-                ]
-            cmd = [*launcher, __file__, "--side", side, "--steps", str(args.steps), "--work", str(work)]
-            cmd += ["--device", args.device, "--processes", str(processes)]
-            cmd += ["--model", str(args.model)] if args.model else []
-            started = time.perf_counter()
-            child = subprocess.run([*cmd, "--out", str(out)], capture_output=True, text=True)
-            if child.returncode != 0:
-                sys.exit(f"{name} failed:\n{child.stdout}{child.stderr}")
-            key = side if processes == 1 else name
-            results[key] = {**json.loads(out.read_text()), "wall_seconds": time.perf_counter() - started}
-        # Measured again after both sides: on a shared machine one short measurement can land in a busy moment,
-        # and a low reference would inflate MFU; the better of the two is the machine's capability.
-        flops = max(flops, matmul_flops(args.device))
-    _print_table(results, flops, args.steps, len(val_rows), args.device, args.model)
+    plans = []
+    for data in args.data:
+        missing = [f for f in ("train.jsonl", "validation.jsonl") if not (data / f).is_file()]
+        if missing:
+            parser.error(f"--data {data}: no {' or '.join(missing)} there (the shared datasets folder?)")
+        default_steps, default_val = SETS.get(data.name, (12, 64))
+        steps, max_val = args.steps or default_steps, args.max_val or default_val
+        train_rows = _read(data / "train.jsonl")
+        if not 0 < steps * BATCH <= len(train_rows):
+            parser.error(f"--steps must be 1..{len(train_rows) // BATCH} so both sides train on one epoch")
+        plans.append((data, steps, train_rows[: steps * BATCH], _read(data / "validation.jsonl")[:max_val]))
+    flops = matmul_flops(args.device)
+    tables = []
+    runs = [(side, name, 1) for side, name in SIDES.items()]
+    if args.processes > 1:
+        runs.append(("specialize", f"specialize x{args.processes}", args.processes))
+    for data, steps, train_rows, val_rows in plans:
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            _write(work / "train.jsonl", train_rows)
+            _write(work / "validation.jsonl", val_rows)
+            results = {}
+            for side, name, processes in runs:
+                print(f"{data.name}, training with {name}: {steps} steps ...", file=sys.stderr, flush=True)
+                out = work / f"{side}-{processes}.json"
+                launcher = [sys.executable]
+                if processes > 1:
+                    launcher += [
+                        "-m",
+                        "torch.distributed.run",
+                        "--standalone",
+                        "--nproc-per-node",
+                        str(processes),
+                    ]
+                cmd = [*launcher, __file__, "--side", side, "--steps", str(steps), "--work", str(work)]
+                cmd += ["--device", args.device, "--processes", str(processes)]
+                cmd += ["--model", str(args.model)] if args.model else []
+                started = time.perf_counter()
+                child = subprocess.run([*cmd, "--out", str(out)], capture_output=True, text=True)
+                if child.returncode != 0:
+                    sys.exit(f"{name} failed on {data.name}:\n{child.stdout}{child.stderr}")
+                key = side if processes == 1 else name
+                results[key] = {**json.loads(out.read_text()), "wall_seconds": time.perf_counter() - started}
+        tables.append((data.name, steps, len(val_rows), results))
+    # Measured again after every side: on a shared machine one short measurement can land in a busy moment, and
+    # a low reference would inflate MFU; the better of the two is the machine's capability, and every table's
+    # MFU is taken against this one figure.
+    flops = max(flops, matmul_flops(args.device))
+    for name, steps, n_val, results in tables:
+        _print_table(name, results, flops, steps, n_val, args.device, args.model)
+    _print_summary(tables, flops, args.device)
 
 
 def run_side(
@@ -252,6 +278,7 @@ def train_specialize(
         "computed_tokens": result.computed_tokens,
         "train_seconds": result.seconds,
         "own_validation_loss": result.validation_loss,
+        "memory_estimate_mib": result.memory_estimate / 2**20,
     }
 
 
@@ -297,14 +324,21 @@ def _token_work(
     """Tokens a side computed, their causal query-key pairs, and the positions where a loss is taken.
 
     TRL runs every example whole. specialize's batches are replayed as train() forms them (same tokenisation,
-    same seed): on a CPU each batch (each process's share of it) runs its shared prefix once, then every row's
-    own tokens.
+    same seed): on a CPU each batch (each process's share of it, and each pass of a long share,
+    `batching.passes`) runs its shared prefix once, then every row's own tokens.
     """
     import torch
     from transformers import AutoConfig, AutoTokenizer
 
     from specialize.data import encode_conversation
-    from specialize.train.batching import collate, computed_tokens, length_grouped_batches, packs
+    from specialize.train.batching import (
+        PASS_TOKENS,
+        collate,
+        computed_tokens,
+        length_grouped_batches,
+        packs,
+        passes,
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     loss_positions = sum(len(_encode(tokenizer, row["messages"])[1]) for row in train_rows)
@@ -314,17 +348,19 @@ def _token_work(
     encoded = [encode_conversation(tokenizer, row["messages"]) for row in train_rows]
     config, on = AutoConfig.from_pretrained(model_path), torch.device(device)
     computed = pairs = 0
+    budget = PASS_TOKENS if packs(config, on) else None
     share = BATCH // processes
     batches = length_grouped_batches([len(e.input_ids) for e in encoded], BATCH, random.Random(0))
     shares = [b[i : i + share] for b in batches for i in range(0, len(b), share)]
     for batch in shares:
-        collated = collate([encoded[i] for i in batch], tokenizer.pad_token_id)
-        computed += computed_tokens(collated, config, on)
-        prefix = int(collated["shared_prefix"]) if packs(config, on) else 0
-        lengths = collated["attention_mask"].sum(dim=1).tolist()
-        pairs += prefix * (prefix + 1) // 2 + sum(
-            n * (n + 1) // 2 - prefix * (prefix + 1) // 2 for n in lengths
-        )
+        for part in passes([encoded[i] for i in batch], budget):
+            collated = collate(part, tokenizer.pad_token_id)
+            computed += computed_tokens(collated, config, on)
+            prefix = int(collated["shared_prefix"]) if packs(config, on) else 0
+            lengths = collated["attention_mask"].sum(dim=1).tolist()
+            pairs += prefix * (prefix + 1) // 2 + sum(
+                n * (n + 1) // 2 - prefix * (prefix + 1) // 2 for n in lengths
+            )
     return computed, pairs, loss_positions
 
 
@@ -355,7 +391,13 @@ def _encode(tokenizer: Any, messages: list[dict[str, str]]) -> list[list[int]]:
 
 
 def _print_table(
-    results: dict[str, dict[str, Any]], flops: float, steps: int, n_val: int, device: str, model: Path | None
+    data: str,
+    results: dict[str, dict[str, Any]],
+    flops: float,
+    steps: int,
+    n_val: int,
+    device: str,
+    model: Path | None,
 ) -> None:
     trl, spec = results["trl"], results["specialize"]
     parallel = next((name for name in results if name not in SIDES), None)
@@ -369,6 +411,7 @@ def _print_table(
         ("tokens/s", "tokens_per_second", "{:.1f}"),
         (f"validation loss ({n_val} examples)", "validation_loss", "{:.4f}"),
         ("peak memory, RSS (MiB)", "peak_rss_mib", "{:,.0f}"),
+        ("memory pre-check's estimate (MiB)", "memory_estimate_mib", "{:,.0f}"),
         *([("peak GPU memory allocated (MiB)", "peak_gpu_mib", "{:,.0f}")] if device == "cuda" else []),
         ("process wall time (s)", "wall_seconds", "{:.1f}"),
         ("MFU", "mfu", "{:.1%}"),
@@ -376,12 +419,15 @@ def _print_table(
     precision = "float32 on the CPU" if device == "cpu" else "bfloat16 autocast on the GPU"
     print(
         f"\n{model or 'SmolLM2-135M-Instruct'}, LoRA r={RANK} all-linear, {precision}, batch {BATCH}, "
-        f"{steps} steps on the same {steps * BATCH} examples"
+        f"{steps} steps on the same {steps * BATCH} examples of {data}"
     )
     columns = [trl, spec] + ([results[parallel]] if parallel else [])
     print(f"{'':38}{SIDES['trl']:>16}{SIDES['specialize']:>14}" + (f"{parallel:>16}" if parallel else ""))
     for label, key, fmt in rows:
-        cells = [f"{fmt.format(c[key]):>{w}}" for c, w in zip(columns, (16, 14, 16), strict=False)]
+        cells = [  # TRL makes no memory estimate
+            f"{fmt.format(c[key]) if key in c else '-':>{w}}"
+            for c, w in zip(columns, (16, 14, 16), strict=False)
+        ]
         print(f"{label:38}" + "".join(cells))
     speedup = spec["tokens_per_second"] / trl["tokens_per_second"]
     diff = (spec["validation_loss"] - trl["validation_loss"]) / trl["validation_loss"]
@@ -403,6 +449,18 @@ def _print_table(
         print(f"{label:38}{per_token:.0f} M (LoRA) / {six_n:.0f} M (6N), attention included")
     own = spec["own_validation_loss"]
     print(f"specialize's own validation loss:     {own:.4f} (from train(), its batched loop, same examples)")
+
+
+def _print_summary(tables: list[tuple[str, int, int, dict[str, Any]]], flops: float, device: str) -> None:
+    """One line per data set: the ratio of tokens/s and both MFUs, all against the same matmul reference."""
+    matmul = "float32 matmul 2048 x 2048" if device == "cpu" else "bfloat16 matmul 8192 x 8192"
+    print(f"\nsummary ({matmul}: {flops / 1e9:,.1f} GFLOP/s, measured in this run)")
+    print(f"{'':38}{'specialize/TRL':>16}{'MFU TRL':>10}{'MFU spec.':>11}{'val. loss':>11}")
+    for name, _, _, r in tables:
+        trl, spec = r["trl"], r["specialize"]
+        ratio = spec["tokens_per_second"] / trl["tokens_per_second"]
+        diff = (spec["validation_loss"] - trl["validation_loss"]) / trl["validation_loss"]
+        print(f"{name:38}{ratio:>15.2f}x{trl['mfu']:>10.1%}{spec['mfu']:>11.1%}{diff:>+11.2%}")
 
 
 def _read(path: Path) -> list[dict[str, Any]]:

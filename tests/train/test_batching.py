@@ -13,6 +13,7 @@ from specialize.train.batching import (
     collate,
     length_grouped_batches,
     packs,
+    passes,
     shared_prefix_length,
     summed_loss,
 )
@@ -88,3 +89,22 @@ def test_length_grouped_batches_cover_every_example_once():
 def test_a_cpu_packs_a_batch_and_a_gpu_runs_it_padded(tiny_model_dir):
     config = AutoModelForCausalLM.from_pretrained(tiny_model_dir).config
     assert packs(config, torch.device("cpu")) and not packs(config, torch.device("cuda"))
+
+
+def test_a_long_batch_runs_as_passes_under_the_budget_with_every_row_once(tiny_tokenizer):
+    rows = [("short", "spam"), ("a longer message " * 3, "billing")] + [
+        ("word " * k, "shipping") for k in range(6)
+    ]
+    examples = _examples(tiny_tokenizer, rows)
+    lengths = [len(e.input_ids) for e in examples]
+    prefix = shared_prefix_length(examples)
+    computed = sum(lengths) - prefix * (len(examples) - 1)
+    assert passes(examples, None) == [examples]
+    assert passes(examples, computed) == [examples]  # the shared prefix counted once: it fits in one pass
+    budget = sum(lengths) // 3
+    parts = passes(examples, budget)
+    assert len(parts) == -(-sum(lengths) // budget)
+    assert [e for part in parts for e in part] == examples  # consecutive, each row once
+    share = sum(lengths) / len(parts)  # about equal: no part passes its share by more than one row
+    assert all(sum(len(e.input_ids) for e in part) < share + max(lengths) for part in parts)
+    assert passes(examples, 1) == [[e] for e in examples]  # a row over the budget runs alone

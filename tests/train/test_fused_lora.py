@@ -47,7 +47,8 @@ def test_fused_lora_gives_peft_loss_and_gradients(tiny_model_dir, rslora):
     with fused_lora(model) as switched:
         fused_loss, fused_grads, fused_nodes = _run(model, ids)
     assert switched == 7 * model.config.num_hidden_layers  # q, k, v, o, gate, up, down of every layer
-    assert "_LoraLinearBackward" in fused_nodes
+    assert "_LoraLinearBackward" in fused_nodes  # attention's projections
+    assert "_LoraMLPBackward" in fused_nodes  # the gated MLP as one function
     torch.testing.assert_close(fused_loss, loss, rtol=1e-6, atol=1e-6)
     for name, grad in grads.items():
         torch.testing.assert_close(fused_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)

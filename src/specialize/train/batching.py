@@ -17,7 +17,6 @@ import random
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from specialize.data.template import IGNORE, Encoded
 
@@ -37,6 +36,44 @@ def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Rand
         batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     rng.shuffle(batches)
     return batches
+
+
+# Computed tokens per forward and backward pass on a CPU. A batch of long rows (GSM8K's answers run to a few
+# hundred tokens) runs as several passes of rows under this budget, each followed by its backward pass, so
+# the activations kept for the backward pass are those of one pass, about 30 KB a token a layer in float32
+# (1.4 GB for SmolLM2-135M at this budget, against 2.4 GB for a batch of 8 GSM8K rows in one pass). A pass
+# of this many tokens keeps every matrix product at the machine's matmul speed; each extra pass streams the
+# weights once more, a few per cent of a step. Short rows, and a batch's shared prefix, stay in one pass.
+PASS_TOKENS = 1536
+
+
+def passes(examples: list[Encoded], budget: int | None) -> list[list[Encoded]]:
+    """A batch's examples as one pass, or, where it computes more than `budget` tokens (a shared prefix once),
+    as consecutive groups of about equal tokens (a row longer than the budget runs alone)."""
+    if budget is None:  # any objective's examples, not only encoded conversations
+        return [examples]
+    lengths = [len(e.input_ids) for e in examples]
+    total = sum(lengths)
+    if total - shared_prefix_length(examples) * (len(examples) - 1) <= budget:
+        return [examples]
+    n = -(-total // budget)
+    parts: list[list[Encoded]] = [[]]
+    done = 0
+    for example, length in zip(examples, lengths, strict=True):
+        # the next part starts where this row would carry the current one past its even share
+        if parts[-1] and len(parts) < n and done + length > total * len(parts) / n:
+            parts.append([])
+        parts[-1].append(example)
+        done += length
+    return parts
+
+
+def pass_tokens(examples: list[Encoded], budget: int | None) -> int:
+    """The most tokens one pass of this batch computes (`passes`; a shared prefix once where it packs)."""
+    return max(
+        sum(len(e.input_ids) for e in part) - shared_prefix_length(part) * (len(part) - 1)
+        for part in passes(examples, budget)
+    )
 
 
 def collate(examples: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
@@ -88,6 +125,7 @@ def target_losses(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Ten
     The batch runs as one packed pass (`packing.packed_forward`: the shared prefix once, each row's own tokens,
     no padding) where `packs` says so; otherwise as the plain padded batch.
     """
+    from specialize.train.head_loss import head_losses
     from specialize.train.packing import packed_forward
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -103,8 +141,7 @@ def target_losses(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Ten
         targets = batch["targets"]
         rows = torch.arange(len(targets), device=targets.device)[:, None].expand_as(targets)
     where = targets != IGNORE
-    logits = base.get_output_embeddings()(hidden[where])
-    return F.cross_entropy(logits.float(), targets[where], reduction="none"), rows[where]
+    return head_losses(base.get_output_embeddings(), hidden[where], targets[where]), rows[where]
 
 
 def packs(model_config: Any, device: torch.device) -> bool:

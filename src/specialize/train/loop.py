@@ -69,6 +69,7 @@ class TrainResult:
     computed_tokens: int = 0  # tokens run through the model: a prefix shared by a batch counts once
     method: str = "sft"  # train.method; on-policy methods' losses are not a training/validation pair
     processes: int = 1  # data-parallel processes; each step's global batch is batch x accumulation x these
+    memory_estimate: int = 0  # bytes, the pre-check's estimate of peak memory (`resources.estimate_memory`)
 
     @property
     def tokens_per_second(self) -> float:
@@ -218,7 +219,14 @@ def _train_loop(
     from tqdm.auto import tqdm
 
     from specialize.train import checkpoint
-    from specialize.train.batching import computed_tokens, length_grouped_batches
+    from specialize.train.batching import (
+        PASS_TOKENS,
+        computed_tokens,
+        length_grouped_batches,
+        packs,
+        pass_tokens,
+        passes,
+    )
     from specialize.train.fused_lora import fused_lora
     from specialize.train.resources import check_resources, estimate_memory
 
@@ -236,8 +244,21 @@ def _train_loop(
     params = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in params)
     n_params = sum(p.numel() for p in model.parameters())
+    # SFT's rows are independent, so a long batch can run as several passes (`passes`); the other objectives
+    # score pairs, groups of samples or a batch-wide reference, and a GPU's step costs launches, not memory.
+    budget = PASS_TOKENS if config.method == "sft" and packs(model.config, placement.device) else None
+    longest = sorted(range(len(lengths)), key=lengths.__getitem__)[-config.batch_size :]
+    tokens = (
+        pass_tokens([train_set[i] for i in longest], budget)
+        if budget is not None
+        else config.batch_size * max(lengths)  # a padded batch in one pass
+    )
+    fused = config.adapter == "lora" and config.lora.dropout == 0
+    memory = estimate_memory(
+        model.config, n_params, n_trainable, tokens, fused, cpu=placement.device.type == "cpu"
+    )
     check_resources(
-        estimate_memory(model.config, n_params, n_trainable, config.batch_size, max(lengths)),
+        memory,
         disk_needed=n_trainable * 4 * (config.checkpoints.keep * 3 + 2),
         out_dir=out_dir,
         batch_size=config.batch_size,
@@ -295,7 +316,8 @@ def _train_loop(
                 rows = state.pending_batches.pop()
                 rows = rows if processes is None else processes.shard(rows, config.batch_size)
                 if rows:
-                    group.append(objective.collate([train_set[i] for i in rows]))
+                    examples = [train_set[i] for i in rows]
+                    group += [objective.collate(part) for part in passes(examples, budget)]
             n_targets = sum(objective.count(b) for b in group)
             step_loss, step_tokens, step_computed = 0.0, 0, 0
             for batch in group:
@@ -417,6 +439,7 @@ def _train_loop(
         state.computed_tokens,
         config.method,
         world,
+        memory.total,
     )
     result.save(out_dir / RESULT_FILE)
     return result

@@ -66,17 +66,26 @@ class RowLayout:
 
     prefix: int
     groups: list[RowGroup]
-    _masks: dict[tuple[int, int | None], torch.Tensor | None] = field(default_factory=dict)
+    _masks: dict[tuple[int, int | None, torch.dtype], torch.Tensor | None] = field(default_factory=dict)
 
-    def mask(self, group: int, window: int | None) -> torch.Tensor | None:
+    def mask(self, group: int, window: int | None, dtype: torch.dtype) -> torch.Tensor | None:
         """The attention mask of a row group ([rows, 1, longest, prefix + longest]), or of the prefix (group -1).
 
         Built once per forward pass, group and sliding window, and shared by every layer. `window` follows
         transformers: a query sees keys fewer than `window` positions back. None for the prefix means causal.
+        Additive (0 or -inf, in the queries' dtype): a boolean mask is turned into one by every product on a
+        CPU and kept by each layer for its backward pass, 4 bytes per query-key pair a layer.
         """
-        if (group, window) not in self._masks:
-            self._masks[group, window] = self._build(group, window)
-        return self._masks[group, window]
+        if (group, window, dtype) not in self._masks:
+            allowed = self._build(group, window)
+            self._masks[group, window, dtype] = (
+                None
+                if allowed is None
+                else torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
+                    ~allowed, float("-inf")
+                )
+            )
+        return self._masks[group, window, dtype]
 
     def _build(self, group: int, window: int | None) -> torch.Tensor | None:
         p = self.prefix
@@ -122,11 +131,13 @@ def packed_attention(
     q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))
     outs = []
     if p:
+        # Copies of the prefix's few rows: views would keep the whole packed query, key and value alive for the
+        # backward pass (saved by this product), though the row groups below save gathered copies of their own.
         prefix = F.scaled_dot_product_attention(
-            query[:, :, :p],
-            key[:, :, :p],
-            value[:, :, :p],
-            attn_mask=packed_rows.mask(-1, sliding_window),
+            query[:, :, :p].contiguous(),
+            key[:, :, :p].contiguous(),
+            value[:, :, :p].contiguous(),
+            attn_mask=packed_rows.mask(-1, sliding_window, query.dtype),
             dropout_p=dropout,
             scale=scaling,
             is_causal=sliding_window is None,
@@ -145,7 +156,7 @@ def packed_attention(
             q.index_select(0, group.gather).view(rows, longest, heads, dim).transpose(1, 2),
             keys,
             values,
-            attn_mask=packed_rows.mask(i, sliding_window),
+            attn_mask=packed_rows.mask(i, sliding_window, query.dtype),
             dropout_p=dropout,
             scale=scaling,
             enable_gqa=heads != kv_heads,
