@@ -47,11 +47,13 @@ def save(
     state: TrainerState,
     keep: int,
     process_rngs: list[dict[str, Any]] | None = None,
+    full: tuple[dict[str, Any], dict[str, Any]] | None = None,
 ) -> Path:
     """Write a checkpoint of step `state.step` atomically and keep only the newest `keep`.
 
     `process_rngs` are the RNG states of every process of a data-parallel run (`rng_states()` of each, in rank
-    order), written by rank 0 alone; a process alone saves its own.
+    order), written by rank 0 alone; a process alone saves its own. `full`: the weights and optimizer state
+    of a model sharded with FSDP, gathered whole (`full_states`), written instead of the model's own shards.
     """
     import torch
     from safetensors.torch import save_file
@@ -61,11 +63,17 @@ def save(
     staging = directory / f".{final.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    trainable = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    weights, optimizer_state = full or ({}, optimizer.state_dict())
+    # named_parameters names a tied weight once, where a state dict names it twice (safetensors refuses that)
+    trainable = {
+        n: (weights[n] if full else p).detach().contiguous()
+        for n, p in model.named_parameters()
+        if p.requires_grad
+    }
     save_file(trainable, staging / "trainable.safetensors")
     torch.save(
         {
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optimizer_state,
             "scheduler": scheduler.state_dict(),
             **rng_states(),
             "process_rngs": process_rngs or [],
@@ -79,6 +87,17 @@ def save(
     for old in sorted(directory.glob(f"{PREFIX}*"), key=lambda p: int(p.name.removeprefix(PREFIX)))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def full_states(model: Any, optimizer: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A model sharded with FSDP: its whole weights and optimizer state, on the CPU of rank 0 (empty
+    elsewhere); every process must call it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    from specialize.train.distributed import full_state
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return full_state(model), get_optimizer_state_dict(model, optimizer, options=options)
 
 
 def check_processes(path: Path, processes: int) -> None:
@@ -109,22 +128,40 @@ def rng_states() -> dict[str, Any]:
 
 
 def load(
-    path: Path, model: Any, optimizer: Any, scheduler: Any, rng: random.Random, rank: int = 0
+    path: Path,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    rng: random.Random,
+    rank: int = 0,
+    sharded: bool = False,
 ) -> TrainerState:
     """Restore weights, optimizer, scheduler and RNGs (process `rank`'s, in a data-parallel run) from a
-    checkpoint; return the loop state."""
+    checkpoint; return the loop state. `sharded`: the model is sharded with FSDP, and each process takes its
+    own shards of the whole weights and optimizer state the checkpoint holds."""
     import torch
     from safetensors.torch import load_file
 
     weights = load_file(path / "trainable.safetensors")
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            params[name].copy_(tensor)
     # Onto the CPU first: the optimizer moves its state to its parameters' device, so a run checkpointed on
     # a GPU resumes on a machine without one.
     extra = torch.load(path / "optimizer.pt", weights_only=False, map_location="cpu")
-    optimizer.load_state_dict(extra["optimizer"])
+    if sharded:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        options = StateDictOptions(full_state_dict=True, strict=False)  # a tied weight is saved once
+        set_model_state_dict(model, weights, options=options)
+        set_optimizer_state_dict(model, optimizer, extra["optimizer"], options=options)
+    else:
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, tensor in weights.items():
+                params[name].copy_(tensor)
+        optimizer.load_state_dict(extra["optimizer"])
     scheduler.load_state_dict(extra["scheduler"])
     rngs = extra.get("process_rngs") or [extra]
     own = rngs[rank] if rank < len(rngs) else extra
