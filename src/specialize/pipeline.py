@@ -129,12 +129,14 @@ def check_inputs(config: RunConfig) -> RunInputs:
             reward cannot score (a label verifier on rows without labels).
         ConfigError: the reward's function cannot be imported, or its reward model's run is not a finished one;
             an FSDP launch of a run that trains an adapter or a method other than SFT.
+        ResourceError, ConfigError: `train.compile` where training does not run on a CUDA GPU.
     """
     from specialize.models import check_model
-    from specialize.train.placement import choose_placement
+    from specialize.train.placement import check_compile, choose_placement
 
     check_model(config.base_model)
     placement = choose_placement(config.train.device, config.train.precision)
+    check_compile(config.train.compile, placement)
     if (processes := current()) is not None and processes.sharded:
         check_sharding(config.train)
     examples = load_examples(config.data)

@@ -142,7 +142,7 @@ def load(
     import torch
     from safetensors.torch import load_file
 
-    weights = load_file(path / "trainable.safetensors")
+    weights: dict[str, Any] = load_file(path / "trainable.safetensors")
     # Onto the CPU first: the optimizer moves its state to its parameters' device, so a run checkpointed on
     # a GPU resumes on a machine without one.
     extra = torch.load(path / "optimizer.pt", weights_only=False, map_location="cpu")

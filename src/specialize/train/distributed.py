@@ -205,7 +205,7 @@ def check_sharding(config: TrainConfig) -> None:
         )
 
 
-def shard_model(model: torch.nn.Module, processes: Processes) -> None:
+def shard_model(model: Any, processes: Processes) -> None:
     """Shard a causal LM's parameters, gradients and optimizer state over the processes with FSDP2, in place.
 
     Called on `fully_shard` directly rather than through accelerate's FSDP plugin: the plugin wraps the
@@ -232,11 +232,7 @@ def shard_model(model: torch.nn.Module, processes: Processes) -> None:
     for layer in layers:
         fully_shard(layer, mesh=mesh)
     inside = {id(p) for layer in layers for p in layer.parameters()}
-    rest = [
-        m
-        for m in base.modules()
-        if any(id(p) not in inside for p in m.parameters(recurse=False))
-    ]
+    rest = [m for m in base.modules() if any(id(p) not in inside for p in m.parameters(recurse=False))]
     fully_shard(rest, mesh=mesh)
     fully_shard(decoder, mesh=mesh)
     for module in base.modules():
@@ -246,7 +242,7 @@ def shard_model(model: torch.nn.Module, processes: Processes) -> None:
             module.set_force_sum_reduction_for_comms(True)
 
 
-def full_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def full_state(model: Any) -> dict[str, Any]:
     """A sharded model's whole state dict, on the CPU of rank 0 (empty elsewhere); every process must call it."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 

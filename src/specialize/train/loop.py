@@ -138,7 +138,7 @@ def train(
 
     from specialize.models import load_model
     from specialize.train.distributed import check_device, check_sharding, current, shard_model
-    from specialize.train.placement import Placement, choose_placement
+    from specialize.train.placement import Placement, check_compile, choose_placement
 
     placement = placement or choose_placement(config.device, config.precision)
     processes = current()
@@ -150,6 +150,7 @@ def train(
         log.info(
             "data-parallel training in %d processes (this one: rank %d)", processes.world, processes.rank
         )
+    check_compile(config.compile, placement)
     log.info("training on %s", placement.describe())
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -172,6 +173,8 @@ def train(
         shard_model(model, processes)  # moves each shard, not the whole model, to the device
     else:
         model = model.to(placement.device)
+    if config.compile:
+        _compile_layers(model)
     if processes is not None and processes.rank:
         torch.manual_seed(
             seed + processes.rank
@@ -245,7 +248,9 @@ def _train_loop(
     n_params = sum(p.numel() for p in model.parameters())
     shards = world if processes is not None and processes.sharded else 1  # FSDP: each holds 1/world of it
     check_resources(
-        estimate_memory(model.config, n_params // shards, n_trainable // shards, config.batch_size, max(lengths)),
+        estimate_memory(
+            model.config, n_params // shards, n_trainable // shards, config.batch_size, max(lengths)
+        ),
         disk_needed=n_trainable * 4 * (config.checkpoints.keep * 3 + 2),
         out_dir=out_dir,
         batch_size=config.batch_size,
@@ -565,6 +570,20 @@ def _prepare_model(model: Any, config: TrainConfig, scalar_head: bool = False) -
         task_type="SEQ_CLS" if scalar_head else "CAUSAL_LM",
     )
     return get_peft_model(model, peft_config)
+
+
+def _compile_layers(model: Any) -> None:
+    """torch.compile each decoder layer, in place.
+
+    The layers, not the whole model: the objectives call the decoder's parts directly (`batching.target_losses`),
+    and the output projection runs on the target positions only, a shape known only from the data (a graph
+    break). A layer is the repeated unit where a small model's step spends its kernel launches, its dozens of
+    element-wise operations fused into a few kernels. Batch widths change from batch to batch, so after the
+    second width torch compiles a graph with a dynamic length rather than one per width.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for layer in base.get_decoder().layers:
+        layer.compile()
 
 
 def _schedule(optimizer: Any, steps: int, warmup_ratio: float) -> Any:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from specialize.config import TrainDevice, TrainPrecision
-from specialize.errors import ResourceError
+from specialize.errors import ConfigError, ResourceError
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,24 @@ class Placement:
     def describe(self) -> str:
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "CPU"
         return f"{name}, {'float32' if self.autocast_dtype is None else 'bfloat16 autocast'}"
+
+
+def check_compile(enabled: bool, placement: Placement) -> None:
+    """Refuse `train.compile` where training does not run on a CUDA GPU (`train.device: auto` on a machine
+    without one).
+
+    On a CPU the step is bound by arithmetic, not kernel launches, and its batches run as one packed pass whose
+    shape changes with every batch (a recompilation each time); the option is for the GPU, where a small model
+    spends most of a step launching kernels.
+
+    Raises:
+        ConfigError: naming the device and the fix.
+    """
+    if enabled and placement.device.type != "cuda":
+        raise ConfigError(
+            f"train.compile compiles for a CUDA GPU and training runs on {placement.device.type} here; set "
+            "train.compile to false, e.g. --set train.compile=false"
+        )
 
 
 def choose_placement(device: TrainDevice, precision: TrainPrecision) -> Placement:
