@@ -11,6 +11,11 @@ packed decoder pass and the projection of target positions only, DPO's reference
 generation for the on-policy methods), so a DDP wrapper would see no forward and silently skip the sync. The
 loop instead sums each step's gradients once over all processes (`sum_gradients`, a few buckets, after the whole
 accumulated step), together with the step's loss and token counts: one collective a step, whatever the method.
+
+Under an accelerate FSDP launch, full fine-tuning shards the model instead (`shard_model`): FSDP's hooks sit on
+the forward of each part the objectives call, gather its weights there and reduce-scatter its gradients in
+backward, so the loop sums only the step's figures, and every process runs every pass (validation and saving
+included, which gather the weights).
 """
 
 from __future__ import annotations
