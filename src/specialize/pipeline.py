@@ -211,7 +211,10 @@ def resume(run: str, registry_url: str | None = None, progress: bool = True) -> 
     run_dir, config, registry = open_run(run, registry_url)
     last = latest_checkpoint(run_dir.train / "checkpoints")
     if last is not None:  # before anything changes or loads: a wrong --processes is told at once
-        check_processes(last, processes.world if (processes := current()) else 1)
+        processes = current()
+        check_processes(
+            last, processes.world if processes else 1, processes is not None and processes.sharded
+        )
     registry.set_status(run_dir.id, "running")
     model_path = resolve_model(config.base_model)
     data = PreparedData.load(run_dir.data)

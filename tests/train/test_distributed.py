@@ -279,3 +279,16 @@ def test_only_run_and_resume_take_several_processes(run_config, monkeypatch, cap
         monkeypatch.setenv(name, value)
     assert main(["--quiet", "eval", "some-run", "--data", str(run_config)]) == 2
     assert "specialize eval runs in one process" in capsys.readouterr().err
+
+
+def test_a_checkpoint_written_under_fsdp_resumes_only_under_fsdp(tmp_path):
+    from specialize.errors import TrainingError
+    from specialize.train.checkpoint import TrainerState, check_processes
+
+    for sharded in (True, False):
+        path = tmp_path / f"step-{int(sharded)}"
+        path.mkdir()
+        (path / "state.json").write_text(json.dumps(TrainerState(processes=2, sharded=sharded).__dict__))
+        check_processes(path, 2, sharded)
+        with pytest.raises(TrainingError, match=f"ACCELERATE_USE_FSDP={str(sharded).lower()}"):
+            check_processes(path, 2, not sharded)

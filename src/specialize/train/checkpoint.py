@@ -30,6 +30,7 @@ class TrainerState:
     best_validation_loss: float | None = None
     evals_without_improvement: int = 0
     processes: int = 1  # of a data-parallel run: the global batch, and so the schedule, depend on it
+    sharded: bool = False  # written under FSDP: the optimizer state is keyed by parameter name, not position
 
 
 def latest(directory: Path) -> Path | None:
@@ -100,16 +101,24 @@ def full_states(model: Any, optimizer: Any) -> tuple[dict[str, Any], dict[str, A
     return full_state(model), get_optimizer_state_dict(model, optimizer, options=options)
 
 
-def check_processes(path: Path, processes: int) -> None:
-    """Refuse to continue a checkpoint with another number of data-parallel processes than wrote it: the global
-    batch, and so the schedule and the batch order, depend on it.
+def check_processes(path: Path, processes: int, sharded: bool = False) -> None:
+    """Refuse to continue a checkpoint with another number of data-parallel processes than wrote it (the global
+    batch, and so the schedule and the batch order, depend on it), or with FSDP on where it was off or the
+    reverse (the optimizer state is laid out differently).
 
     Raises:
-        TrainingError: naming the number to resume with.
+        TrainingError: naming the number to resume with, or the FSDP setting.
     """
     from specialize.errors import TrainingError
 
-    wrote = json.loads((path / "state.json").read_text(encoding="utf-8")).get("processes", 1)
+    doc = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    wrote = doc.get("processes", 1)
+    if doc.get("sharded", False) != sharded:
+        on = "with FSDP" if doc.get("sharded", False) else "without FSDP"
+        raise TrainingError(
+            f"{path} was written {on} and this resume is {'with' if sharded else 'without'} it; resume {on} "
+            "(ACCELERATE_USE_FSDP=" + ("true" if doc.get("sharded", False) else "false") + ")"
+        )
     if wrote != processes:
         raise TrainingError(
             f"{path} was written by {wrote} training process(es) and this resume has {processes}: the global "

@@ -266,10 +266,10 @@ def _train_loop(
     scheduler = _schedule(optimizer, steps, config.warmup_ratio)
 
     ckpt_dir = out_dir / "checkpoints"
-    state = TrainerState(processes=world)
+    state = TrainerState(processes=world, sharded=sharded)
     last = checkpoint.latest(ckpt_dir) if resume else None
     if last is not None:
-        checkpoint.check_processes(last, world)
+        checkpoint.check_processes(last, world, sharded)
         state = checkpoint.load(
             last, model, optimizer, scheduler, rng, 0 if processes is None else processes.rank, sharded
         )
