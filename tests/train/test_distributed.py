@@ -250,6 +250,7 @@ def test_fsdp_sigkill_then_resume_equals_uninterrupted(tmp_path, config_factory,
     [row] = Registry(config.registry_url).list_runs()
     run_dir = config.runs_dir / row["id"]
     assert not (run_dir / "train" / "model").exists(), "killed before the end"
+    assert list((run_dir / "train" / "checkpoints").glob("step-*")), "a checkpoint to resume from"
 
     resume = ["--quiet", "train", "--resume", row["id"], "--registry", config.registry_url]
     assert main([*resume, "--processes", "2"]) == 0
