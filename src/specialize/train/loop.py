@@ -138,7 +138,7 @@ def train(
 
     from specialize.models import load_model
     from specialize.train.distributed import check_device, check_sharding, current, shard_model
-    from specialize.train.placement import Placement, check_compile, choose_placement
+    from specialize.train.placement import Placement, check_compile, choose_placement, compile_layers
 
     placement = placement or choose_placement(config.device, config.precision)
     processes = current()
@@ -174,7 +174,7 @@ def train(
     else:
         model = model.to(placement.device)
     if config.compile:
-        _compile_layers(model)
+        compile_layers(model)
     if processes is not None and processes.rank:
         torch.manual_seed(
             seed + processes.rank
@@ -246,7 +246,7 @@ def _train_loop(
     params = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in params)
     n_params = sum(p.numel() for p in model.parameters())
-    shards = world if processes is not None and processes.sharded else 1  # FSDP: each holds 1/world of it
+    shards = world if sharded else 1  # FSDP: each process holds 1/world of the weights and their state
     check_resources(
         estimate_memory(
             model.config, n_params // shards, n_trainable // shards, config.batch_size, max(lengths)
@@ -570,20 +570,6 @@ def _prepare_model(model: Any, config: TrainConfig, scalar_head: bool = False) -
         task_type="SEQ_CLS" if scalar_head else "CAUSAL_LM",
     )
     return get_peft_model(model, peft_config)
-
-
-def _compile_layers(model: Any) -> None:
-    """torch.compile each decoder layer, in place.
-
-    The layers, not the whole model: the objectives call the decoder's parts directly (`batching.target_losses`),
-    and the output projection runs on the target positions only, a shape known only from the data (a graph
-    break). A layer is the repeated unit where a small model's step spends its kernel launches, its dozens of
-    element-wise operations fused into a few kernels. Batch widths change from batch to batch, so after the
-    second width torch compiles a graph with a dynamic length rather than one per width.
-    """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    for layer in base.get_decoder().layers:
-        layer.compile()
 
 
 def _schedule(optimizer: Any, steps: int, warmup_ratio: float) -> Any:
