@@ -163,9 +163,6 @@ def current() -> Processes | None:
     return _start() if launched() else None
 
 
-ENGINES = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed ZeRO"}
-
-
 def check_engine(environ: Mapping[str, str]) -> bool:
     """Whether the accelerate config asks to shard the model with FSDP; refuse DeepSpeed ZeRO.
 
@@ -190,9 +187,10 @@ def check_engine(environ: Mapping[str, str]) -> bool:
 def check_sharding(config: TrainConfig) -> None:
     """Refuse what FSDP does not train here: an adapter, and methods other than SFT.
 
-    An adapter's frozen base is what FSDP would shard, but the fused LoRA layers and DPO's reference pass (the
-    adapter switched off) read weights outside the hooks of the module that owns them; the other methods call
-    the model in ways (generation, a scalar head, a reference pass) that no test covers under FSDP.
+    FSDP is for weights, gradients and optimizer state that do not fit one device, which is full fine-tuning:
+    an adapter's base is only read and its own state is small, so it trains data-parallel without sharding.
+    The other methods call the model in ways (generation, a scalar head, a reference pass with the adapter off)
+    that no test here runs under FSDP, so they are refused rather than run untested.
 
     Raises:
         ConfigError: naming the setting and the fix.
