@@ -35,6 +35,10 @@ With `--device cuda` both sides train on the GPU under bfloat16 autocast (TRL's 
 `train.precision: auto`), and MFU is taken against this GPU's bfloat16 matmul FLOP/s. `--model DIR` trains
 another model directory, e.g. a randomly initialised SmolLM2-135M where the real weights cannot be copied.
 
+With `--compile` (and `--device cuda`) specialize trains with `train.compile: true`: its decoder layers
+compiled by torch.compile, whose compilation in the first steps counts in its training loop's time, as a user
+pays it; give enough `--steps` (e.g. 40) for the compiled steps to outweigh it.
+
 With `--processes 2` specialize also trains data-parallel in 2 processes on this machine (started by torchrun,
 gloo between CPU processes, one thread each), with the same global batch of 8 (4 per process) over the same
 examples, and the table adds its column and its ratio to the one-process run and to TRL's (TRL runs in one
@@ -96,15 +100,24 @@ def main() -> None:
     parser.add_argument(
         "--processes", type=int, default=1, help="also train specialize data-parallel in this many processes"
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="specialize with train.compile (torch.compile of its decoder layers; --device cuda only)",
+    )
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # child mode
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
-        figures = run_side(args.side, args.work, args.steps, args.device, args.model, args.processes)
+        figures = run_side(
+            args.side, args.work, args.steps, args.device, args.model, args.processes, args.compile
+        )
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 reports
             args.out.write_text(json.dumps(figures))
         return
+    if args.compile and args.device != "cuda":
+        parser.error("--compile needs --device cuda: train.compile is refused on a CPU")
     if args.processes < 1 or BATCH % args.processes:
         parser.error(f"--processes must divide the batch of {BATCH} (1, 2, 4 or 8)")
 
@@ -147,6 +160,7 @@ def main() -> None:
                 cmd = [*launcher, __file__, "--side", side, "--steps", str(steps), "--work", str(work)]
                 cmd += ["--device", args.device, "--processes", str(processes)]
                 cmd += ["--model", str(args.model)] if args.model else []
+                cmd += ["--compile"] if args.compile else []
                 started = time.perf_counter()
                 child = subprocess.run([*cmd, "--out", str(out)], capture_output=True, text=True)
                 if child.returncode != 0:
@@ -159,12 +173,18 @@ def main() -> None:
     # MFU is taken against this one figure.
     flops = max(flops, matmul_flops(args.device))
     for name, steps, n_val, results in tables:
-        _print_table(name, results, flops, steps, n_val, args.device, args.model)
+        _print_table(name, results, flops, steps, n_val, args.device, args.model, args.compile)
     _print_summary(tables, flops, args.device)
 
 
 def run_side(
-    side: str, work: Path, steps: int, device: str, model: Path | None, processes: int = 1
+    side: str,
+    work: Path,
+    steps: int,
+    device: str,
+    model: Path | None,
+    processes: int = 1,
+    compiled: bool = False,
 ) -> dict[str, Any]:
     """Train one side in this process (one of `processes`); report its figures (peak memory taken before
     validation). Under torchrun, the processes other than rank 0 return once trained."""
@@ -176,7 +196,7 @@ def run_side(
     if side == "trl":
         figures = train_trl(model_path, work, steps, device)
     else:
-        figures = train_specialize(model_path, work, steps, device, processes)
+        figures = train_specialize(model_path, work, steps, device, processes, compiled)
     if int(os.environ.get("RANK", "0")) != 0:
         return {}
     figures["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -249,10 +269,11 @@ def train_trl(model_path: Path, work: Path, steps: int, device: str) -> dict[str
 
 
 def train_specialize(
-    model_path: Path, work: Path, steps: int, device: str, processes: int = 1
+    model_path: Path, work: Path, steps: int, device: str, processes: int = 1, compiled: bool = False
 ) -> dict[str, Any]:
     """specialize's `train()`; its `seconds` times the training loop alone, like the timer around TRL's.
-    Data-parallel, each of the `processes` takes its share of every batch of 8."""
+    Data-parallel, each of the `processes` takes its share of every batch of 8. `compiled`: with
+    `train.compile`, whose compilation in the first steps counts in the loop's time, as a user pays it."""
     from specialize.config import LoraConfig, TrainConfig
     from specialize.train import train
 
@@ -262,6 +283,7 @@ def train_specialize(
         lora=LoraConfig(rank=RANK, alpha=ALPHA),
         learning_rate=LEARNING_RATE,
         device=device,  # precision auto: float32 on the CPU, bfloat16 autocast on a GPU
+        compile=compiled,
     )
     result = train(
         config,
@@ -398,6 +420,7 @@ def _print_table(
     n_val: int,
     device: str,
     model: Path | None,
+    compiled: bool = False,
 ) -> None:
     trl, spec = results["trl"], results["specialize"]
     parallel = next((name for name in results if name not in SIDES), None)
@@ -420,6 +443,7 @@ def _print_table(
     print(
         f"\n{model or 'SmolLM2-135M-Instruct'}, LoRA r={RANK} all-linear, {precision}, batch {BATCH}, "
         f"{steps} steps on the same {steps * BATCH} examples of {data}"
+        + (", specialize with train.compile" if compiled else "")
     )
     columns = [trl, spec] + ([results[parallel]] if parallel else [])
     print(f"{'':38}{SIDES['trl']:>16}{SIDES['specialize']:>14}" + (f"{parallel:>16}" if parallel else ""))

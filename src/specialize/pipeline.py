@@ -34,7 +34,7 @@ from specialize.runs import Registry, RunDir, build_run_dir, new_run_id, open_ru
 from specialize.train import RESULT_FILE, SAMPLES_FILE, TrainResult, check_rows, train
 from specialize.train.checkpoint import check_processes
 from specialize.train.checkpoint import latest as latest_checkpoint
-from specialize.train.distributed import current
+from specialize.train.distributed import check_sharding, current
 
 if TYPE_CHECKING:
     from specialize.config import RewardConfig
@@ -127,13 +127,18 @@ def check_inputs(config: RunConfig) -> RunInputs:
         ResourceError: `train.device` asks for a GPU that is not there.
         DataError: a bad line in a data file (all listed), rows `train.method` cannot learn from, or rows the
             reward cannot score (a label verifier on rows without labels).
-        ConfigError: the reward's function cannot be imported, or its reward model's run is not a finished one.
+        ConfigError: the reward's function cannot be imported, or its reward model's run is not a finished one;
+            an FSDP launch of a run that trains an adapter or a method other than SFT.
+        ResourceError, ConfigError: `train.compile` where training does not run on a CUDA GPU.
     """
     from specialize.models import check_model
-    from specialize.train.placement import choose_placement
+    from specialize.train.placement import check_compile, choose_placement
 
     check_model(config.base_model)
     placement = choose_placement(config.train.device, config.train.precision)
+    check_compile(config.train.compile, placement)
+    if (processes := current()) is not None and processes.sharded:
+        check_sharding(config.train)
     examples = load_examples(config.data)
     every = [*examples[0], *(examples[1] or [])]
     check_rows(config.train.method, every)
@@ -206,7 +211,10 @@ def resume(run: str, registry_url: str | None = None, progress: bool = True) -> 
     run_dir, config, registry = open_run(run, registry_url)
     last = latest_checkpoint(run_dir.train / "checkpoints")
     if last is not None:  # before anything changes or loads: a wrong --processes is told at once
-        check_processes(last, processes.world if (processes := current()) else 1)
+        processes = current()
+        check_processes(
+            last, processes.world if processes else 1, processes is not None and processes.sharded
+        )
     registry.set_status(run_dir.id, "running")
     model_path = resolve_model(config.base_model)
     data = PreparedData.load(run_dir.data)

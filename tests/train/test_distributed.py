@@ -20,7 +20,8 @@ from safetensors.torch import load_file
 from specialize.cli.main import main
 from specialize.config import TrainConfig, load_config
 from specialize.runs import Registry
-from specialize.train import train
+from specialize.train import distributed, train
+from specialize.train.distributed import Processes
 
 CHILD = """
 import sys, torch
@@ -34,7 +35,12 @@ train(config, *map(Path, sys.argv[2:6]), seed=int(sys.argv[6]), progress=False)
 
 
 def _torchrun(
-    tmp_path: Path, config: TrainConfig, files: tuple[Path, Path, Path], out: Path, seed: int = 0
+    tmp_path: Path,
+    config: TrainConfig,
+    files: tuple[Path, Path, Path],
+    out: Path,
+    seed: int = 0,
+    env: dict[str, str] | None = None,
 ) -> None:
     """`train` in two processes under torchrun, as a user's own script would call it."""
     script = tmp_path / "child.py"
@@ -42,7 +48,7 @@ def _torchrun(
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     subprocess.run(
         [*command, str(script), config.model_dump_json(), *map(str, files), str(out), str(seed)],
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
         check=True,
         timeout=300,
     )
@@ -170,16 +176,102 @@ def test_a_process_that_dies_stops_the_others_with_a_clear_error(config_factory)
     assert not alive, "rank 0 was stopped"
 
 
-@pytest.mark.parametrize("variable", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
-def test_a_sharding_accelerate_config_is_refused_before_anything_is_written(
-    run_config, monkeypatch, capsys, variable
-):
-    # What `accelerate launch --config_file fsdp.yaml` (or a DeepSpeed one) sets for each process.
-    for name, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", variable: "true"}.items():
+def test_a_deepspeed_accelerate_config_is_refused_before_anything_is_written(run_config, monkeypatch, capsys):
+    # What `accelerate launch --config_file deepspeed.yaml` sets for each process.
+    env = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "ACCELERATE_USE_DEEPSPEED": "true"}
+    for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert main(["--quiet", "run", str(run_config)]) == 2
     err = capsys.readouterr().err
-    assert f"{variable}=true" in err and "--processes N" in err
+    assert "ACCELERATE_USE_DEEPSPEED=true" in err and "distributed_type: FSDP" in err
+    assert not (run_config.parent / "runs").exists(), "nothing written"
+
+
+FSDP = {"ACCELERATE_USE_FSDP": "true"}  # what `accelerate launch --use_fsdp` (or an FSDP config) sets
+
+
+def _full_weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(out / "model" / "model.safetensors")
+
+
+def test_fsdp_full_fine_tuning_in_two_processes_reaches_the_losses_of_one(
+    tmp_path, tiny_model_dir, chat_dataset
+):
+    from transformers import AutoModelForCausalLM
+
+    files = (tiny_model_dir, chat_dataset.train, chat_dataset.validation)
+    # A global batch of 14 over 48 rows ends each epoch with 6: all of them in process 0's share, so process 1
+    # runs a stand-in row with weight 0 (FSDP needs every process in every pass); accumulation 2 sums two
+    # batches' gradients in FSDP's sharded gradients.
+    one = TrainConfig(
+        adapter=None, max_steps=6, batch_size=14, gradient_accumulation=2, learning_rate=1e-3, log_every=1
+    )
+    reference = train(one, *files, tmp_path / "one", seed=0, progress=False)
+    _torchrun(tmp_path, one.model_copy(update={"batch_size": 7}), files, tmp_path / "two", env=FSDP)
+
+    result = json.loads((tmp_path / "two" / "result.json").read_text())
+    assert result["processes"] == 2 and result["steps"] == 6
+    assert result["train_tokens"] == reference.train_tokens, "every row trained once, the stand-in row never"
+    # FSDP sums the same gradients in another order (reduce-scatter over 2 shards), in float32: measured, the
+    # losses agree to 1e-7 relative and the weights to 1e-6 absolute. What the tolerances must catch (a row
+    # lost or trained twice, the stand-in row counted, a shard's gradient not reduced) changes what a step
+    # learns from, and so the next loss, by orders of magnitude more than rounding.
+    torch.testing.assert_close(_losses(tmp_path / "two"), _losses(tmp_path / "one"), rtol=1e-5, atol=0)
+    expected, got = _full_weights(tmp_path / "one"), _full_weights(tmp_path / "two")
+    assert got.keys() == expected.keys(), "the whole model, saved as one process saves it"
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-5, msg=name)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "two" / "model")
+    assert sum(p.numel() for p in loaded.parameters()) == sum(
+        p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_model_dir).parameters()
+    )
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["metrics.jsonl", "model", "result.json"]
+
+
+def test_fsdp_sigkill_then_resume_equals_uninterrupted(tmp_path, config_factory, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # inherited by the processes `--processes 2` starts
+    config_path = config_factory(
+        train={
+            "adapter": None,
+            "max_steps": 40,
+            "batch_size": 2,
+            "learning_rate": 1e-3,
+            "checkpoints": {"every": 2},
+        },
+        eval={"max_examples": 4, "systems": ["fine_tuned"]},
+    )
+    config = load_config(config_path)
+    launcher = _start_run(config_path)
+    _wait_for_checkpoint(config.runs_dir, launcher)
+    ranks = _ranks(launcher)
+    launcher.send_signal(signal.SIGKILL)
+    assert launcher.wait() == -signal.SIGKILL
+    psutil.wait_procs(list(ranks.values()), timeout=30)
+    [row] = Registry(config.registry_url).list_runs()
+    run_dir = config.runs_dir / row["id"]
+    assert not (run_dir / "train" / "model").exists(), "killed before the end"
+    assert list((run_dir / "train" / "checkpoints").glob("step-*")), "a checkpoint to resume from"
+
+    resume = ["--quiet", "train", "--resume", row["id"], "--registry", config.registry_url]
+    assert main([*resume, "--processes", "2"]) == 0
+    files = (Path(config.base_model), run_dir / "data" / "train.jsonl", run_dir / "data" / "validation.jsonl")
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    one = config.train.model_copy(update={"batch_size": 4})
+    reference = train(one, *files, tmp_path / "uninterrupted", seed=config.seed, progress=False)
+    expected, got = _full_weights(reference.output_dir.parent), _full_weights(run_dir / "train")
+    assert expected.keys() == got.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_fsdp_refuses_an_adapter_before_anything_is_written(run_config, monkeypatch, capsys):
+    for name, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", **FSDP}.items():
+        monkeypatch.setenv(name, value)
+    # the process group of rank 0 of two, without the second process (the refusal comes before any collective)
+    monkeypatch.setattr(distributed, "_start", lambda: Processes(0, 2, 0, torch.device("cpu"), sharded=True))
+    assert main(["--quiet", "run", str(run_config)]) == 2
+    err = capsys.readouterr().err
+    assert "train.adapter is lora" in err and "set train.adapter to null" in err
     assert not (run_config.parent / "runs").exists(), "nothing written"
 
 
@@ -188,3 +280,16 @@ def test_only_run_and_resume_take_several_processes(run_config, monkeypatch, cap
         monkeypatch.setenv(name, value)
     assert main(["--quiet", "eval", "some-run", "--data", str(run_config)]) == 2
     assert "specialize eval runs in one process" in capsys.readouterr().err
+
+
+def test_a_checkpoint_written_under_fsdp_resumes_only_under_fsdp(tmp_path):
+    from specialize.errors import TrainingError
+    from specialize.train.checkpoint import TrainerState, check_processes
+
+    for sharded in (True, False):
+        path = tmp_path / f"step-{int(sharded)}"
+        path.mkdir()
+        (path / "state.json").write_text(json.dumps(TrainerState(processes=2, sharded=sharded).__dict__))
+        check_processes(path, 2, sharded)
+        with pytest.raises(TrainingError, match=f"ACCELERATE_USE_FSDP={str(sharded).lower()}"):
+            check_processes(path, 2, not sharded)

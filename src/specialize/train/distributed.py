@@ -11,6 +11,11 @@ packed decoder pass and the projection of target positions only, DPO's reference
 generation for the on-policy methods), so a DDP wrapper would see no forward and silently skip the sync. The
 loop instead sums each step's gradients once over all processes (`sum_gradients`, a few buckets, after the whole
 accumulated step), together with the step's loss and token counts: one collective a step, whatever the method.
+
+Under an accelerate FSDP launch, full fine-tuning shards the model instead (`shard_model`): FSDP's hooks sit on
+the forward of each part the objectives call, gather its weights there and reduce-scatter its gradients in
+backward, so the loop sums only the step's figures, and every process runs every pass (validation and saving
+included, which gather the weights).
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from specialize.errors import ConfigError, TrainingError
 
 if TYPE_CHECKING:
     import torch
+
+    from specialize.config import TrainConfig
 
 # How long a collective waits for a process that stopped answering before it raises (torch's own default for
 # gloo). Rank 0 prepares the data and loads the model while the others wait for the training job, so this must
@@ -55,6 +62,7 @@ class Processes:
     world: int
     local_rank: int
     device: torch.device  # this process's device: cuda:LOCAL_RANK on GPUs, the CPU otherwise
+    sharded: bool = False  # FSDP: each process holds a shard of the weights, and FSDP sums the gradients
 
     @property
     def main(self) -> bool:
@@ -155,29 +163,97 @@ def current() -> Processes | None:
     return _start() if launched() else None
 
 
-SHARDING = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed ZeRO"}
+def check_engine(environ: Mapping[str, str]) -> bool:
+    """Whether the accelerate config asks to shard the model with FSDP; refuse DeepSpeed ZeRO.
 
-
-def check_engine(environ: Mapping[str, str]) -> None:
-    """Refuse an accelerate config that shards the model (FSDP, DeepSpeed ZeRO): this loop replicates it.
-
-    Sharding engines gather a layer's weights and reduce its gradients from hooks on the root model's `forward`;
-    the objectives call the decoder and the output projection directly (the packed pass, the projection of
-    target positions only), so a sharded model would run with its root weights still sharded. Until the
-    objectives run through the root forward under such an engine, a config asking for one is an error rather
-    than a run that silently replicates a model which may not fit.
+    DeepSpeed takes the model, the optimizer and the backward pass into its own engine (`engine.backward`,
+    `engine.step`), so the loop's own accumulation, clipping and schedule would have to go through it, and its
+    CPU backend needs Intel's oneCCL: nothing here could run or test it. FSDP2 (`shard_model`) shards the same
+    model with hooks on each part's own forward, which the objectives do call.
 
     Raises:
-        ConfigError: naming the engine and what to use instead.
+        ConfigError: a DeepSpeed config, naming what to use instead.
     """
-    for variable, engine in SHARDING.items():
-        if environ.get(variable, "false").lower() == "true":
-            raise ConfigError(
-                f"the accelerate config asks for {engine} ({variable}=true); specialize trains data-parallel "
-                "with a full copy of the model in each process (DDP) and does not shard it yet: launch with a "
-                "multi-GPU config (distributed_type: MULTI_GPU), `torchrun`, or `specialize run --processes N`, "
-                "and train an adapter (train.adapter: lora) where the full model does not fit one device"
-            )
+    if environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        raise ConfigError(
+            "the accelerate config asks for DeepSpeed ZeRO (ACCELERATE_USE_DEEPSPEED=true), which specialize "
+            "does not drive; for a model that does not fit one device use an FSDP config (distributed_type: "
+            "FSDP), else a multi-GPU one (distributed_type: MULTI_GPU), `torchrun`, or `specialize run "
+            "--processes N`"
+        )
+    return environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
+def check_sharding(config: TrainConfig) -> None:
+    """Refuse what FSDP does not train here: an adapter, and methods other than SFT.
+
+    FSDP is for weights, gradients and optimizer state that do not fit one device, which is full fine-tuning:
+    an adapter's base is only read and its own state is small, so it trains data-parallel without sharding.
+    The other methods call the model in ways (generation, a scalar head, a reference pass with the adapter off)
+    that no test here runs under FSDP, so they are refused rather than run untested.
+
+    Raises:
+        ConfigError: naming the setting and the fix.
+    """
+    if config.adapter is not None:
+        raise ConfigError(
+            f"FSDP (ACCELERATE_USE_FSDP=true) shards full fine-tuning; train.adapter is {config.adapter}: set "
+            "train.adapter to null, or launch without FSDP (an adapter trains data-parallel with a full copy of "
+            "the base model in each process)"
+        )
+    if config.method != "sft":
+        raise ConfigError(
+            f"FSDP (ACCELERATE_USE_FSDP=true) trains train.method sft only (got {config.method}); set "
+            "train.method to sft, or launch without FSDP"
+        )
+
+
+def shard_model(model: Any, processes: Processes) -> None:
+    """Shard a causal LM's parameters, gradients and optimizer state over the processes with FSDP2, in place.
+
+    Called on `fully_shard` directly rather than through accelerate's FSDP plugin: the plugin wraps the
+    transformer layers and the root model, whose forward hooks gather the root's own parameters (embeddings,
+    final norm, output projection), but the objectives never call the root's forward: they call the decoder
+    and then the output projection on the target positions only (`batching.target_losses`). So each decoder
+    layer is its own group, and every other module that owns parameters (the embeddings, the final norm, the
+    output projection, tied or not) joins one group whose hooks sit on each member's forward, gathered when the
+    first runs and freed after the last. The decoder is the root, called first in every step. Gradients are
+    reduce-scattered as sums (the loop divides by the step's summed target count), not FSDP's default mean.
+    """
+    import torch
+    from torch.distributed.fsdp import fully_shard
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = base.get_decoder()
+    layers = list(getattr(decoder, "layers", []))
+    if not layers:
+        raise ConfigError(
+            f"FSDP needs the decoder's layers as `.layers`, which {type(decoder).__name__} lacks; launch "
+            "without FSDP"
+        )
+    mesh = torch.distributed.device_mesh.init_device_mesh(processes.device.type, (processes.world,))
+    for layer in layers:
+        fully_shard(layer, mesh=mesh)
+    inside = {id(p) for layer in layers for p in layer.parameters()}
+    rest = [m for m in base.modules() if any(id(p) not in inside for p in m.parameters(recurse=False))]
+    fully_shard(rest, mesh=mesh)
+    fully_shard(decoder, mesh=mesh)
+    for module in base.modules():
+        if hasattr(module, "set_gradient_divide_factor"):
+            module.set_gradient_divide_factor(1.0)
+            # a plain SUM: a factor of 1 would otherwise be NCCL's pre-multiplied sum, which gloo lacks
+            module.set_force_sum_reduction_for_comms(True)
+
+
+def full_state(model: Any) -> dict[str, Any]:
+    """A sharded model's whole state dict, on the CPU of rank 0 (empty elsewhere); every process must call it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # A tied weight (the output projection of SmolLM2) is one parameter under two names in a state dict;
+    # named_parameters names it once, as `save_pretrained` writes it for a model that is not sharded.
+    names = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
+    return {k: v for k, v in full.items() if k in names}
 
 
 @cache
@@ -186,14 +262,18 @@ def _start() -> Processes:
     from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs
 
-    check_engine(os.environ)
+    sharded = check_engine(os.environ)
     # accelerate picks NCCL when CUDA is present and needs `cpu=True` for gloo between CPU processes.
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(), kwargs_handlers=[InitProcessGroupKwargs(timeout=TIMEOUT)]
     )
     state = accelerator.state
     return Processes(
-        state.process_index, state.num_processes, state.local_process_index, torch.device(state.device)
+        state.process_index,
+        state.num_processes,
+        state.local_process_index,
+        torch.device(state.device),
+        sharded,
     )
 
 

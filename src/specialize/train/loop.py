@@ -138,17 +138,20 @@ def train(
     import torch
 
     from specialize.models import load_model
-    from specialize.train.distributed import check_device, current
-    from specialize.train.placement import Placement, choose_placement
+    from specialize.train.distributed import check_device, check_sharding, current, shard_model
+    from specialize.train.placement import Placement, check_compile, choose_placement, compile_layers
 
     placement = placement or choose_placement(config.device, config.precision)
     processes = current()
     if processes is not None:
         check_device(processes, placement.device)
+        if processes.sharded:
+            check_sharding(config)
         placement = Placement(processes.device, placement.autocast_dtype)
         log.info(
             "data-parallel training in %d processes (this one: rank %d)", processes.world, processes.rank
         )
+    check_compile(config.compile, placement)
     log.info("training on %s", placement.describe())
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -166,7 +169,13 @@ def train(
     if preloaded is not None and config.adapter is None:
         weights = {k: v.detach().clone() for k, v in base.state_dict().items()}
     # The adapter is drawn on the CPU, then moved: the same seed gives the same start on any device.
-    model = _prepare_model(base.cpu() if preloaded else base, config, method.scalar_head).to(placement.device)
+    model = _prepare_model(base.cpu() if preloaded else base, config, method.scalar_head)
+    if processes is not None and processes.sharded:
+        shard_model(model, processes)  # moves each shard, not the whole model, to the device
+    else:
+        model = model.to(placement.device)
+    if config.compile:
+        compile_layers(model)
     if processes is not None and processes.rank:
         torch.manual_seed(
             seed + processes.rank
@@ -240,6 +249,7 @@ def _train_loop(
             objective, model, tokenizer, read_prepared(validation_file), config.method, cache, processes
         )
     main, world = processes is None or processes.main, 1 if processes is None else processes.world
+    sharded = processes is not None and processes.sharded
     lengths = [objective.length(e) for e in train_set]
     params = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in params)
@@ -254,8 +264,14 @@ def _train_loop(
         else config.batch_size * max(lengths)  # a padded batch in one pass
     )
     fused = config.adapter == "lora" and config.lora.dropout == 0
+    shards = world if sharded else 1  # FSDP: each process holds 1/world of the weights and their state
     memory = estimate_memory(
-        model.config, n_params, n_trainable, tokens, fused, cpu=placement.device.type == "cpu"
+        model.config,
+        n_params // shards,
+        n_trainable // shards,
+        tokens,
+        fused,
+        cpu=placement.device.type == "cpu",
     )
     check_resources(
         memory,
@@ -274,12 +290,12 @@ def _train_loop(
     scheduler = _schedule(optimizer, steps, config.warmup_ratio)
 
     ckpt_dir = out_dir / "checkpoints"
-    state = TrainerState(processes=world)
+    state = TrainerState(processes=world, sharded=sharded)
     last = checkpoint.latest(ckpt_dir) if resume else None
     if last is not None:
-        checkpoint.check_processes(last, world)
+        checkpoint.check_processes(last, world, sharded)
         state = checkpoint.load(
-            last, model, optimizer, scheduler, rng, 0 if processes is None else processes.rank
+            last, model, optimizer, scheduler, rng, 0 if processes is None else processes.rank, sharded
         )
         log.info("resuming from %s (step %d of %d)", last.name, state.step, steps)
     elif not resume and main:
@@ -309,17 +325,26 @@ def _train_loop(
         _Appender(samples_path) as samples_file,
     ):
         for step in range(state.step + 1, steps + 1):
-            group = []
+            group, idle = [], []
             for _ in range(config.gradient_accumulation):
                 if not state.pending_batches:
                     state.pending_batches = length_grouped_batches(lengths, config.batch_size * world, rng)
                 rows = state.pending_batches.pop()
-                rows = rows if processes is None else processes.shard(rows, config.batch_size)
-                if rows:
-                    examples = [train_set[i] for i in rows]
+                mine = rows if processes is None else processes.shard(rows, config.batch_size)
+                if mine:
+                    examples = [train_set[i] for i in mine]
                     group += [objective.collate(part) for part in passes(examples, budget)]
+                elif sharded:
+                    # FSDP gathers and reduces in every forward and backward pass, so a process with no rows
+                    # in this batch (an epoch's short last one) runs one of its rows with weight 0 rather
+                    # than leave the others waiting.
+                    idle.append(objective.collate([train_set[rows[0]]]))
             n_targets = sum(objective.count(b) for b in group)
             step_loss, step_tokens, step_computed = 0.0, 0, 0
+            for batch in idle:
+                with placement.autocast():
+                    (objective.loss(model, batch) * 0).backward()
+            idle.clear()
             for batch in group:
                 with placement.autocast():
                     loss_sum = objective.loss(model, batch)
@@ -331,7 +356,11 @@ def _train_loop(
                 step_computed += computed_tokens(batch, model.config, placement.device)
             if processes is not None:
                 figures = [step_loss, n_targets, step_tokens, step_computed]
-                summed = processes.sum_gradients(params, torch.tensor(figures, dtype=torch.float64))
+                summed = (
+                    torch.tensor(processes.sum(figures))  # FSDP has summed the gradients in backward
+                    if sharded
+                    else processes.sum_gradients(params, torch.tensor(figures, dtype=torch.float64))
+                )
                 step_loss, n_targets = float(summed[0]), max(round(float(summed[1])), 1)
                 step_tokens, step_computed = round(float(summed[2])), round(float(summed[3]))
                 torch._foreach_div_([p.grad for p in params], float(n_targets))
@@ -365,11 +394,14 @@ def _train_loop(
             stop = config.early_stopping
             if stop is not None and (step % stop.eval_every == 0 or step == steps):
                 with placement.autocast():
-                    row["validation_loss"] = objective.validation(model, val_set) if main else math.nan
+                    # FSDP: every process runs the model's passes together
+                    row["validation_loss"] = (
+                        objective.validation(model, val_set) if main or sharded else math.nan
+                    )
                 if processes is not None:  # rank 0's figure, so that every process stops at the same step
                     row["validation_loss"] = processes.from_main(row["validation_loss"])
                 stopped_early = _track_best(
-                    model, tokenizer, out_dir, state, row["validation_loss"], stop, save=main
+                    model, tokenizer, out_dir, state, row["validation_loss"], stop, processes
                 )
             if row and main:
                 metrics_file.write(json.dumps({"step": step, **row}) + "\n")
@@ -390,11 +422,21 @@ def _train_loop(
                 break
             if step % config.checkpoints.every == 0 and step < steps:
                 rngs = None if processes is None else processes.gather(checkpoint.rng_states())
+                full = checkpoint.full_states(model, optimizer) if sharded else None  # every process gathers
                 if main:
                     checkpoint.save(
-                        ckpt_dir, model, optimizer, scheduler, rng, state, config.checkpoints.keep, rngs
+                        ckpt_dir, model, optimizer, scheduler, rng, state, config.checkpoints.keep, rngs, full
                     )
     bar.close()
+    best = out_dir / ".best"
+    promote = config.early_stopping is not None and best.exists()
+    if sharded:  # rank 0's disk decides; every process gathers the weights or none does
+        promote = processes.from_main(promote)  # type: ignore[union-attr]
+        val_loss = math.nan
+        if not promote:
+            with placement.autocast():
+                val_loss = objective.validation(model, val_set)
+            _save_weights(model, tokenizer, out_dir / "model", processes)
     if not main:  # rank 0 validates and saves the weights every process holds
         return TrainResult(
             out_dir,
@@ -408,10 +450,11 @@ def _train_loop(
             config.method,
             world,
         )
-    best = out_dir / ".best"
-    if config.early_stopping is not None and best.exists():
+    if promote:
         output = _promote(best, out_dir, adapter=config.adapter is not None)
         val_loss = state.best_validation_loss if state.best_validation_loss is not None else float("nan")
+    elif sharded:
+        output = out_dir / "model"  # saved above, with every process
     else:
         with placement.autocast():
             val_loss = objective.validation(model, val_set)
@@ -480,15 +523,14 @@ def _track_best(
     state: TrainerState,
     loss: float,
     stop: EarlyStoppingConfig,
-    save: bool = True,
+    processes: Processes | None,
 ) -> bool:
-    """Keep the weights of the best validation loss in `out_dir/.best` (when `save`: rank 0 of several
+    """Keep the weights of the best validation loss in `out_dir/.best` (written by rank 0 of several
     processes); True when patience has run out."""
     if state.best_validation_loss is None or loss < state.best_validation_loss - stop.min_delta:
         state.best_validation_loss = loss
         state.evals_without_improvement = 0
-        if save:
-            _save_atomic(model, tokenizer, out_dir / ".best")
+        _save_weights(model, tokenizer, out_dir / ".best", processes)
         return False
     state.evals_without_improvement += 1
     return state.evals_without_improvement >= stop.patience
@@ -562,11 +604,21 @@ def _schedule(optimizer: Any, steps: int, warmup_ratio: float) -> Any:
     return get_cosine_schedule_with_warmup(optimizer, round(steps * warmup_ratio), steps)
 
 
-def _save_atomic(model: Any, tokenizer: Any, target: Path) -> Path:
-    """Save into a temporary sibling, then rename: a crash never leaves half-written weights."""
+def _save_weights(model: Any, tokenizer: Any, target: Path, processes: Processes | None) -> None:
+    """`_save_atomic` by rank 0; under FSDP every process gathers the whole weights for it first."""
+    from specialize.train.distributed import full_state
+
+    weights = full_state(model) if processes is not None and processes.sharded else None
+    if processes is None or processes.main:
+        _save_atomic(model, tokenizer, target, weights)
+
+
+def _save_atomic(model: Any, tokenizer: Any, target: Path, weights: dict[str, Any] | None = None) -> Path:
+    """Save into a temporary sibling, then rename: a crash never leaves half-written weights. `weights`: the
+    whole state dict of a sharded model, gathered on this process."""
     staging = target.with_name(f".{target.name.lstrip('.')}.partial")
     shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
+    model.save_pretrained(staging, state_dict=weights)
     tokenizer.save_pretrained(staging)
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
