@@ -141,6 +141,9 @@ def _retrain_on(
                 "format": "auto",
                 "columns": {},
                 "labels": inputs.labels if config.data.labels is not None else None,
+                # The parent's prepared rows were sampled already; sampling again would drop new examples.
+                "max_train_examples": None,
+                "max_per_label": None,
             }
         )
         child_config = config.model_copy(update={"data": data, "monitor": monitor})
