@@ -50,6 +50,7 @@ def main() -> int:
     parser.add_argument("--after", type=int, default=CLIENTS, help="answers after the move, then stop")
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--port", type=int, default=8931)
+    parser.add_argument("--base-model", help="the server's base model, when not the default")
     args = parser.parse_args()
     registry = Registry(args.registry)
     name, _, alias = args.model.partition("@")
@@ -66,7 +67,8 @@ def main() -> int:
     ).stdout.split()[-1]
     server = subprocess.Popen(
         [sys.executable, "-m", "specialize", "serve", "--registry", args.registry, "--port", str(args.port)]
-        + ["--max-tokens", str(args.max_tokens)],
+        + ["--max-tokens", str(args.max_tokens)]
+        + (["--base-model", args.base_model] if args.base_model else []),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
