@@ -270,6 +270,13 @@ def promote(
         )
     recorded = run_dir.root / "gate.json"
     note = None
+    if (run_dir.root / "retrain.json").is_file() and not recorded.is_file() and not force:
+        # a child is completed before its gate runs: without this, a child whose gate is still running (or was
+        # killed) would be promoted unchecked
+        raise PromotionError(
+            f"{run_dir.id} is a retrained child whose gate has not decided yet (no gate.json): run "
+            f"`specialize retrain {row['parent_run']}` again with the same inputs to finish it, or promote with --force"
+        )
     if recorded.is_file():
         decision = GateDecision.from_json(json.loads(recorded.read_text(encoding="utf-8")))
         note = "gate passed" if decision.passed else "gate refused; promoted with --force"

@@ -150,6 +150,18 @@ def test_the_gate_refuses_a_child_trained_on_deranged_labels(parent, good):
     assert parent["registry"].alias_target("tickets", "production") is None
 
 
+def test_a_child_whose_gate_has_not_decided_is_not_promoted(parent, good):
+    gate = pathlib.Path(parent["registry"].get_run(good.child)["run_dir"]) / "gate.json"
+    kept = gate.read_text(encoding="utf-8")
+    gate.unlink()  # as while the gate still runs, or after it was killed
+    try:
+        with pytest.raises(PromotionError, match="gate has not decided"):
+            promote(good.child, "staging", parent["url"])
+        assert parent["registry"].alias_target("tickets", "staging") is None
+    finally:
+        gate.write_text(kept, encoding="utf-8")
+
+
 def test_promote_then_rollback_restores_the_parent(parent, good):
     registry, url = parent["registry"], parent["url"]
     assert cli("promote", parent["id"], "--alias", "production", "--registry", url)[0] == 0
