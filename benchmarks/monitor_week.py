@@ -45,7 +45,12 @@ def main() -> None:
     parser.add_argument("run", help="a finished run fine-tuned on banking77")
     parser.add_argument("--registry", default="sqlite:///runs/registry.db")
     parser.add_argument("--datasets", type=Path, default=Path("/work/shared/datasets"))
-    parser.add_argument("--per-day", type=int, default=30, help="requests a simulated day")
+    parser.add_argument(
+        "--per-day",
+        type=int,
+        default=30,
+        help="requests a simulated day; a half-week needs drift.min_requests prompts (default 50: 15 a day)",
+    )
     parser.add_argument("--feedback-share", type=float, default=0.3)
     parser.add_argument("--port", type=int, default=8917)
     parser.add_argument("--seed", type=int, default=0)
@@ -101,6 +106,8 @@ def main() -> None:
                 for t in (doc["drift"] or {}).get("tests", [])
             },
             "labels_note": (doc["drift"] or {}).get("labels_note"),
+            # why drift was not judged, if it was not (e.g. fewer prompts than drift.min_requests)
+            "drift_note": (doc["drift"] or {}).get("note"),
         }
     print(json.dumps(summary, indent=2))
 

@@ -141,6 +141,9 @@ def _retrain_on(
                 "format": "auto",
                 "columns": {},
                 "labels": inputs.labels if config.data.labels is not None else None,
+                # The parent's prepared rows were sampled already; sampling again would drop new examples.
+                "max_train_examples": None,
+                "max_per_label": None,
             }
         )
         child_config = config.model_copy(update={"data": data, "monitor": monitor})
@@ -267,6 +270,13 @@ def promote(
         )
     recorded = run_dir.root / "gate.json"
     note = None
+    if (run_dir.root / "retrain.json").is_file() and not recorded.is_file() and not force:
+        # a child is completed before its gate runs: without this, a child whose gate is still running (or was
+        # killed) would be promoted unchecked
+        raise PromotionError(
+            f"{run_dir.id} is a retrained child whose gate has not decided yet (no gate.json): run "
+            f"`specialize retrain {row['parent_run']}` again with the same inputs to finish it, or promote with --force"
+        )
     if recorded.is_file():
         decision = GateDecision.from_json(json.loads(recorded.read_text(encoding="utf-8")))
         note = "gate passed" if decision.passed else "gate refused; promoted with --force"

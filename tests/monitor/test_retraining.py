@@ -150,6 +150,18 @@ def test_the_gate_refuses_a_child_trained_on_deranged_labels(parent, good):
     assert parent["registry"].alias_target("tickets", "production") is None
 
 
+def test_a_child_whose_gate_has_not_decided_is_not_promoted(parent, good):
+    gate = pathlib.Path(parent["registry"].get_run(good.child)["run_dir"]) / "gate.json"
+    kept = gate.read_text(encoding="utf-8")
+    gate.unlink()  # as while the gate still runs, or after it was killed
+    try:
+        with pytest.raises(PromotionError, match="gate has not decided"):
+            promote(good.child, "staging", parent["url"])
+        assert parent["registry"].alias_target("tickets", "staging") is None
+    finally:
+        gate.write_text(kept, encoding="utf-8")
+
+
 def test_promote_then_rollback_restores_the_parent(parent, good):
     registry, url = parent["registry"], parent["url"]
     assert cli("promote", parent["id"], "--alias", "production", "--registry", url)[0] == 0
@@ -211,3 +223,32 @@ def test_a_second_loop_does_not_train_while_one_holds_the_lock(parent):
         holder.kill()  # killed, not released: the kernel drops its lock, no stale lock file is left to clear
         holder.wait()
     assert loop(load_config(parent["config"]), progress=False).locked_by is None
+
+
+def test_a_parent_sampled_per_label_keeps_every_new_example_in_its_child(
+    tmp_path: pathlib.Path, tiny_model_dir: pathlib.Path
+):
+    # The parent's training rows were capped at 4 a label; its child must not cap parent + new rows again, which
+    # dropped new examples (found on banking77: 77 of 154 new rows "not sampled" under max_per_label 3).
+    write_jsonl(tmp_path / "data" / "train.jsonl", classification_rows(48))
+    write_jsonl(tmp_path / "data" / "validation.jsonl", classification_rows(12, start=1000))
+    write_jsonl(tmp_path / "new.jsonl", new_rows(36, 2000))
+    config = {
+        "name": "capped",
+        "base_model": str(tiny_model_dir),
+        "runs_dir": str(tmp_path / "runs"),
+        "data": {"train": "data/train.jsonl", "validation": "data/validation.jsonl", "max_per_label": 4},
+        "train": {"adapter": None, "max_steps": 2, "batch_size": 8},
+        "eval": {"systems": ["fine_tuned"]},
+        "monitor": {"gate": {"min_new_examples": 8}, "retrain": {"feedback": False}},
+    }
+    path = tmp_path / "capped.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    assert cli("run", str(path))[0] == 0
+    url = load_config(path).registry_url
+    (run,) = Registry(url).list_runs()
+    result = retrain(run["id"], url, data=[tmp_path / "new.jsonl"], progress=False)
+    added = result.inputs.counts["train_added"]
+    child_dir = pathlib.Path(Registry(url).get_run(result.child)["run_dir"])
+    lines = (child_dir / "data" / "train.jsonl").read_text(encoding="utf-8").splitlines()
+    assert added > 0 and len(lines) == 3 * 4 + added
