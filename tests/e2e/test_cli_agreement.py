@@ -62,3 +62,30 @@ def test_quiet_hides_transformers_sequence_length_warning(config_factory, chat_d
     )
     assert done.returncode == 0, done.stderr
     assert "sequence length is longer" not in done.stderr and "indexing errors" not in done.stderr
+
+
+def test_zero_processes_is_refused_before_anything_runs(tmp_path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "specialize", "run", "--processes", "0"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    assert "--processes" in done.stderr and "1 or more" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_config_mistake_under_several_processes_is_one_line_before_any_process_starts(tmp_path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "specialize", "run", str(tmp_path / "missing.yaml"), "--processes", "2"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"error: config file {tmp_path / 'missing.yaml'} does not exist; pass the path of a run YAML file"
+    ]
+    assert not (tmp_path / "runs").exists()

@@ -313,12 +313,23 @@ def _parser() -> argparse.ArgumentParser:
 def _processes_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--processes",
-        type=int,
+        type=_at_least_one,
         default=1,
         metavar="N",
         help="train data-parallel in N processes on this machine (one per GPU, or CPU processes); the global "
         "batch is train.batch_size x train.gradient_accumulation x N",
     )
+
+
+def _at_least_one(value: str) -> int:
+    """`--processes N`: a whole number of processes, 1 or more (0 would silently train in one)."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of processes: give 1 or more")
+    return number
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -366,6 +377,10 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
     elif getattr(args, "processes", 1) > 1:
         from specialize.cli.processes import launch
 
+        if args.command == "run":  # a config mistake is one line here, not one per process
+            from specialize.config import load_config
+
+            load_config(args.config or BUNDLED_EXAMPLE, args.overrides)
         return launch(argv, args.processes)
     if args.command == "run":
         return commands.run(args.config or BUNDLED_EXAMPLE, args.overrides, progress=not args.quiet)
