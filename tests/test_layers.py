@@ -14,7 +14,7 @@ SOURCE = pathlib.Path(specialize.__file__).parent
 CORE = {"config", "errors", "runs"}
 STAGES = {"data", "models", "search", "train", "evaluate", "deploy", "monitor"}
 INTERFACES = {"cli", "serve", "ui"}
-ORCHESTRATION = {"pipeline", "retraining"}
+ORCHESTRATION = {"pipeline", "retraining", "tuning", "model_card"}
 FORBIDDEN = {
     **{core: STAGES | INTERFACES | ORCHESTRATION for core in CORE},
     **{stage: INTERFACES | ORCHESTRATION for stage in STAGES},

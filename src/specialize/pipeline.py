@@ -16,19 +16,19 @@ of the files the previous stage wrote, the seed, the model directory resolved he
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from specialize.config import ON_POLICY, RunConfig, TrainConfig, save_resolved
+from specialize.config import RunConfig, TrainConfig, save_resolved
 from specialize.data import Example, PreparedData, load_examples, prepare_data, read_chat_jsonl
 from specialize.data.audit import left_out
-from specialize.errors import ConfigError, DataError, RunNotFoundError, TrainingError
+from specialize.errors import DataError, RunNotFoundError
 from specialize.evaluate import EvalReport, evaluate
 from specialize.evaluate.report import load_report, recorded_scoring, write_html_report
+from specialize.model_card import write_model_card
 from specialize.models import resolve_model
 from specialize.runs import Registry, RunDir, build_run_dir, new_run_id, open_run, write_atomic
 from specialize.train import RESULT_FILE, SAMPLES_FILE, TrainResult, check_rows, train
@@ -38,7 +38,7 @@ from specialize.train.distributed import check_sharding, current
 
 if TYPE_CHECKING:
     from specialize.config import RewardConfig
-    from specialize.search import CurvePoint, StudyResult
+    from specialize.train.loop import MetricsSink
     from specialize.train.placement import Placement
     from specialize.train.rewards import Reward
 
@@ -113,7 +113,7 @@ def prepare_run(config: RunConfig, out_dir: Path | None = None) -> tuple[Prepare
     """
     inputs = check_inputs(config)
     if out_dir is not None:
-        return prepare_data(config.data, _tokenizer(inputs), out_dir, config.seed, inputs.examples), None
+        return prepare_data(config.data, load_tokenizer(inputs), out_dir, config.seed, inputs.examples), None
     run_dir, data, registry = create_run(config, inputs)
     registry.finish_run(run_dir.id, "prepared")
     return data, run_dir.id
@@ -162,7 +162,7 @@ def create_run(
     Raises:
         DataError: nothing left after cleaning; no run directory or registry row is left behind.
     """
-    tokenizer = _tokenizer(inputs)
+    tokenizer = load_tokenizer(inputs)
 
     def fill(staging: RunDir) -> PreparedData:
         prepared = prepare_data(config.data, tokenizer, staging.data, config.seed, inputs.examples)
@@ -194,7 +194,8 @@ def create_run(
     return run_dir, data, registry
 
 
-def _tokenizer(inputs: RunInputs) -> Any:
+def load_tokenizer(inputs: RunInputs) -> Any:
+    """The base model's tokenizer, which the data stage needs to apply the chat template and count tokens."""
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(inputs.model_path)
@@ -333,183 +334,6 @@ def compare_runs(runs: list[str], registry_url: str | None = None) -> list[dict[
     return rows
 
 
-@dataclass(frozen=True)
-class TuneResult:
-    """What `specialize tune` produced: the study and its trials, then (unless only searching) the best config,
-    its full run and the default config's, the learning curve and the study's report."""
-
-    study: str
-    study_dir: RunDir
-    search: StudyResult
-    best_config: Path | None = None
-    tuned: RunResult | None = None
-    default: RunResult | None = None
-    curve: tuple[CurvePoint, ...] = ()
-    report: Path | None = None
-
-
-CURVE_SHARES = (0.25, 0.5)  # of the tuned run's training examples; its own run is the 100% point
-
-
-def tune(
-    config: RunConfig | None,
-    budget_seconds: float | None,
-    trials: int | None = None,
-    storage: str | None = None,
-    workers: int = 1,
-    resume: str | None = None,
-    eval_every: int | None = None,
-    sample: int | None = None,
-    search_only: bool = False,
-    progress: bool = True,
-) -> TuneResult:
-    """`specialize tune`: search the `search:` space within a wall-time budget, then train the best config as a
-    full run next to the default config, with a learning curve, all children of the study in the registry.
-
-    The study is a run (`<name>-study-...`): the data are prepared once, in its `data/`; its trials are runs under
-    its `trials/` and its Optuna study lives in the registry's database, so that workers here and elsewhere share
-    it and `resume` continues it after an interrupt or a kill (the trial in flight is lost, and tried again).
-
-    Args:
-        config: the run config (None with `resume`: the study's own config is used).
-        budget_seconds: wall time of the search; with `resume`, None continues to the study's own deadline.
-        trials: most trials in the study (all workers together); None: as many as the budget allows.
-        storage: SQLAlchemy URL of the registry holding runs and study (PostgreSQL to share it across
-            machines); default: the config's registry.
-        workers: worker processes on this machine, each with its own copy of the model.
-        resume: a study's run id: continue it (or, with `search_only`, join it as more workers).
-        eval_every: training examples between evaluations of a trial (default: a quarter of the training split).
-        sample: validation examples the objective is computed on (default 200; 64 for generation).
-        search_only: run trials only; the process that started the study trains the best config.
-        progress: show progress bars.
-
-    Raises:
-        ConfigError: an unknown or completed study, or a continued study whose budget is spent.
-        TrainingError: no trial finished within the budget.
-    """
-    from specialize.search import apply, search_hyperparameters, space_of, study_result, write_best_config
-
-    if resume is not None:
-        _mirror_study(resume, storage)
-        run_dir, study_config, registry = open_run(resume, storage)
-        if registry.get_run(run_dir.id)["status"] == "completed":
-            raise ConfigError(
-                f"study {run_dir.id} is completed (report: {run_dir.root / 'search' / 'report.html'}); "
-                "start a new one with `specialize tune CONFIG`"
-            )
-        registry.set_status(run_dir.id, "running")
-        data, model_path = PreparedData.load(run_dir.data), resolve_model(study_config.base_model)
-    else:
-        if config is None:
-            raise ConfigError("specialize tune needs a run config, or --resume STUDY")
-        update = {"registry": storage} if storage else {}
-        base = config.model_copy(update=update)
-        study_config = base.model_copy(update={"name": f"{config.name}-study", "search": space_of(base)})
-        inputs = check_inputs(study_config)
-        run_dir, data, registry = create_run(study_config, inputs)
-        model_path = inputs.model_path
-    study = run_dir.id
-    try:
-        searched = search_hyperparameters(
-            study_config,
-            study,
-            run_dir.root,
-            data,
-            model_path,
-            study_config.registry_url,
-            budget_seconds,
-            trials,
-            workers,
-            resume=resume is not None,
-            eval_every=eval_every,
-            sample=sample,
-            progress=progress,
-        )
-        if search_only:
-            return TuneResult(study, run_dir, searched)
-        best = searched.best
-        if best is None:
-            raise TrainingError(
-                f"study {study}: no trial finished within the budget ({len(searched.trials)} started); give it "
-                f"more time with `specialize tune --resume {study} --budget 30m`, or shorten trials (a smaller "
-                "data.max_train_examples or train.epochs in search:)"
-            )
-        name = study_config.name.removesuffix("-study")
-        tuned_config = apply(study_config, best.params, name=f"{name}-tuned")
-        best_config = write_best_config(
-            tuned_config, study, best.number, run_dir.root / "search" / "best.yaml"
-        )
-        tuned = run(tuned_config, progress, parent_run=study)
-        default = run(apply(study_config, {}, name=f"{name}-default"), progress, parent_run=study)
-        curve = _learning_curve(study_config, best.params, tuned, name, study, progress)
-        from specialize.search import write_study_report
-
-        report = write_study_report(
-            run_dir.root,
-            study_result(study, study_config.registry_url),
-            study_config.registry_url,
-            best_config,
-            tuned.eval.report_path,
-            default.eval.report_path,
-            list(curve),
-        )
-        registry.add_artifact(study, "report", report)
-        registry.add_artifact(study, "best_config", best_config)
-    except BaseException as exc:
-        what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        registry.finish_run(study, "failed", error=f"{what}; continue with specialize tune --resume {study}")
-        raise
-    registry.finish_run(study, "completed")
-    return TuneResult(study, run_dir, searched, best_config, tuned, default, curve, report)
-
-
-def _mirror_study(study: str, storage: str | None) -> None:
-    """On a machine that does not see the study's directory (one joining it through a shared registry), make
-    the same directory here from the study's registry row: its config, and its data prepared again (the same
-    rows: the same files, the same seed). Trials run here keep their files here."""
-    from specialize.config import DEFAULT_REGISTRY
-
-    if (Path(study) / "config.resolved.yaml").is_file():
-        return
-    row = Registry(storage or DEFAULT_REGISTRY).get_run(study)
-    root = Path(row["run_dir"])
-    if root.exists():
-        return
-    config = RunConfig.model_validate(json.loads(row["config"]))
-    inputs = check_inputs(config)
-    log.info("study %s: its directory is not on this machine; preparing its data here in %s", study, root)
-
-    def fill(staging: RunDir) -> None:
-        prepare_data(config.data, _tokenizer(inputs), staging.data, config.seed, inputs.examples)
-        save_resolved(config, staging.config)
-
-    root.parent.mkdir(parents=True, exist_ok=True)
-    build_run_dir(root.parent, root.name, fill)
-
-
-def _learning_curve(
-    config: RunConfig, params: dict[str, Any], tuned: RunResult, name: str, study: str, progress: bool
-) -> tuple[CurvePoint, ...]:
-    """The tuned config on 25% and 50% of its training examples (fine-tuned system only), and its own run."""
-    from specialize.search import CurvePoint, apply
-
-    def point(share: float, result: RunResult) -> CurvePoint:
-        report = json.loads(result.eval.report_path.read_text(encoding="utf-8"))
-        low, high = report["significance"]["intervals"]["fine_tuned"]
-        value = report["systems"]["fine_tuned"][report["headline"]]
-        return CurvePoint(share, result.data.n_train, result.run_id, value, low, high)
-
-    points = []
-    for share in CURVE_SHARES:
-        n = max(round(share * tuned.data.n_train), config.eval.few_shot_k)
-        if n >= tuned.data.n_train:
-            continue
-        changes = {**params, "data.max_train_examples": n, "eval.systems": ["fine_tuned"]}
-        smaller = apply(config, changes, name=f"{name}-curve{round(share * 100)}")
-        points.append(point(share, run(smaller, progress, parent_run=study)))
-    return (*points, point(1.0, tuned))
-
-
 def _train_and_evaluate(
     config: RunConfig,
     run_dir: RunDir,
@@ -584,18 +408,10 @@ def _train_stage(
         return TrainResult.load(finished)
     if processes is not None:
         processes.from_main(job)
-    trained = train(
-        job.config,
-        job.model_path,
-        job.train_file,
-        job.validation_file,
-        job.out_dir,
-        job.seed,
+    trained = job.run(
+        reward,
+        progress,
         on_metrics=lambda step, values: registry.log_metrics(run_dir.id, "train", values, step=step),
-        progress=progress,
-        resume=resume,
-        placement=placement,
-        reward=reward,
     )
     registry.add_artifact(run_dir.id, "adapter" if trained.adapter else "model", trained.output_dir)
     if (run_dir.train / SAMPLES_FILE).exists():
@@ -624,6 +440,27 @@ class TrainJob:
     reward: RewardConfig | None
     registry_url: str
 
+    def run(
+        self,
+        reward: Reward | None,
+        progress: bool,
+        on_metrics: MetricsSink | None = None,
+    ) -> TrainResult:
+        """`train` on this job: the one call rank 0 and the processes that follow it make alike."""
+        return train(
+            self.config,
+            self.model_path,
+            self.train_file,
+            self.validation_file,
+            self.out_dir,
+            self.seed,
+            on_metrics=on_metrics,
+            progress=progress,
+            resume=self.resume,
+            placement=self.placement,
+            reward=reward,
+        )
+
 
 def follow() -> None:
     """Rank 1 and up of `specialize run` or `specialize train --resume` under several processes: wait for the
@@ -638,74 +475,4 @@ def follow() -> None:
     job: TrainJob | None = processes.from_main(None) if processes is not None else None
     if job is None:
         return
-    train(
-        job.config,
-        job.model_path,
-        job.train_file,
-        job.validation_file,
-        job.out_dir,
-        job.seed,
-        progress=False,
-        resume=job.resume,
-        placement=job.placement,
-        reward=None if job.reward is None else build_reward(job.reward, job.registry_url),
-    )
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def write_model_card(
-    run_dir: RunDir,
-    config: RunConfig,
-    data: PreparedData,
-    trained: TrainResult,
-    report: EvalReport,
-    parent_run: str | None = None,
-) -> None:
-    """`model_card.md`: base model, data hashes, method, hyperparameters, metrics and lineage."""
-    from specialize.evaluate.report import comparison_text
-
-    comparison = comparison_text(json.loads(report.report_path.read_text(encoding="utf-8")), markdown=True)
-    t = config.train
-    on_policy = t.method in ON_POLICY
-    # On-policy, the validation figure early stopping watches is minus the mean reward of greedy answers.
-    validation = "validation figure (minus the mean reward)" if on_policy else "validation loss"
-    samples = (
-        f"\n- samples, rewards and advantages of every step: `train/{SAMPLES_FILE}`" if on_policy else ""
-    )
-    if config.reward is not None:
-        samples += f"\n- reward: {config.reward.type} ({config.reward.model_dump_json(exclude={'type'})})"
-    processes = f" x {trained.processes} processes" if trained.processes > 1 else ""
-    adapter = (
-        f"{t.adapter} (rank {t.lora.rank}, alpha {t.lora.alpha:g})"
-        if t.adapter
-        else "none (full fine-tuning)"
-    )
-    card = f"""# {run_dir.id}
-
-Fine-tuned by specialize from **{config.base_model}**.
-
-## Data
-- training split: {data.n_train} examples, sha256 `{_sha256(data.train_path)}`
-- validation split: {data.n_validation} examples, sha256 `{_sha256(data.validation_path)}`
-- rejected rows: {data.n_rejected} (see `data/rejects.jsonl`)
-- task: {report.task}{f" ({len(data.labels)} labels)" if data.labels else ""}
-
-## Training
-- method: {t.method}, adapter: {adapter}
-- epochs {t.epochs:g}, batch size {t.batch_size} x accumulation {t.gradient_accumulation}{processes}, learning rate \
-{t.learning_rate:g}, warm-up {t.warmup_ratio:g}, seed {config.seed}
-- {trained.steps} steps, {trained.train_tokens} tokens in {trained.seconds:.0f} s \
-({trained.tokens_per_second:.0f} tokens/s); final training loss {trained.final_train_loss:.4f}, {validation} \
-{trained.validation_loss:.4f}{samples}
-
-## Evaluation ({report.n_examples} validation examples)
-{comparison}
-
-## Lineage
-- parent run: {parent_run or "none"}
-- full configuration: `config.resolved.yaml`
-"""
-    write_atomic(run_dir.model_card, card)
+    job.run(None if job.reward is None else build_reward(job.reward, job.registry_url), progress=False)

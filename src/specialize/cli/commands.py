@@ -58,8 +58,8 @@ def tune(
     from specialize.config import load_config
     from specialize.errors import ConfigError
     from specialize.evaluate.report import comparison_text
-    from specialize.pipeline import tune as tune_study
     from specialize.search import trials_table
+    from specialize.tuning import tune as tune_study
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     for flag, value in (

@@ -115,6 +115,26 @@ def predictions(groups: list[LabelScores], n: int, scoring: Scoring) -> list[str
     return out
 
 
+def score_variants(
+    groups: list[LabelScores], gold: list[str], labels: list[str] | None
+) -> dict[Scoring, dict[str, Any]]:
+    """Every variant's predictions and metrics, from one pass of label scores: the classification metrics over
+    `labels` (macro-F1 and the rest), or accuracy where there is no fixed label set (multiple choice). The
+    evaluation and a search trial's objective read the variants this one way, so a trial is scored as the
+    final evaluation will score its fine-tune."""
+    from specialize.evaluate.metrics import classification_metrics
+
+    out = {}
+    for variant in Scoring:
+        predicted = predictions(groups, len(gold), variant)
+        if labels:
+            metrics = classification_metrics(gold, predicted, labels)
+        else:
+            metrics = {"accuracy": sum(g == p for g, p in zip(gold, predicted, strict=True)) / len(gold)}
+        out[variant] = {**metrics, "predictions": predicted}
+    return out
+
+
 def choose(metric: dict[Scoring, float]) -> Scoring:
     """The variant with the highest validation metric; a tie goes to the simpler one (raw, length, calibrated,
     pmi in that order), so a variant is only chosen for doing better."""

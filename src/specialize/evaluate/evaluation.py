@@ -33,7 +33,7 @@ from specialize.data import read_prepared
 from specialize.data.split import seeded_sample
 from specialize.errors import EvalError
 from specialize.evaluate.answers import EVAL_BATCH, GENERATE_BATCH, gold_answer
-from specialize.evaluate.calibration import BEST, LabelScores, Scoring, choose, predictions
+from specialize.evaluate.calibration import BEST, LabelScores, Scoring, choose, score_variants
 from specialize.evaluate.prompts import SystemPrompts
 from specialize.evaluate.sampling import stratified_sample
 from specialize.evaluate.systems import SYSTEMS, Prompting, System, Task
@@ -315,12 +315,10 @@ class _Runner:
     def _variants(self, system: str) -> dict[str, Any]:
         """Metrics under every variant, and the system's result under the one it is reported with."""
         gold = [gold_answer(row, self.task) for row in self.rows]
-        by_variant = {}
-        for variant in Scoring:
-            predicted = predictions(self.scores[system], len(self.rows), variant)
-            by_variant[variant] = {**self._metrics(gold, predicted), "predictions": predicted}
+        classification = self.task == Task.CLASSIFICATION
+        by_variant = score_variants(self.scores[system], gold, self.labels if classification else None)
         self.variants[system] = by_variant
-        metric = "macro_f1" if self.task == Task.CLASSIFICATION else "accuracy"
+        metric = "macro_f1" if classification and self.labels else "accuracy"
         if self.config.scoring != BEST:
             chosen = Scoring(self.config.scoring)
         elif self.fixed is not None:
@@ -335,13 +333,6 @@ class _Runner:
             ", ".join(f"{v} {m[metric]:.3f}" for v, m in by_variant.items()),
         )
         return {**by_variant[chosen], "scoring": str(chosen)}
-
-    def _metrics(self, gold: list[str], predicted: list[str]) -> dict[str, Any]:
-        from specialize.evaluate.metrics import classification_metrics
-
-        if self.task == Task.CLASSIFICATION and self.labels:
-            return classification_metrics(gold, predicted, self.labels)
-        return {"accuracy": sum(g == p for g, p in zip(gold, predicted, strict=True)) / len(gold)}
 
     def scoring_section(self, gold: list[str]) -> dict[str, Any]:
         """`report.json`'s `scoring`: what was asked, what each system got, every variant with its interval (the

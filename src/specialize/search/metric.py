@@ -104,21 +104,15 @@ class ValidationMetric:
         sample, which mirrors how the final evaluation reports the fine-tune (its best variant on the validation
         split). The variant is left in `self.scoring` for the trial's record."""
         from specialize.evaluate.answers import gold_answer, score_label_sets
-        from specialize.evaluate.calibration import BEST, Scoring, choose, predictions
-        from specialize.evaluate.metrics import classification_metrics
+        from specialize.evaluate.calibration import BEST, Scoring, choose, score_variants
         from specialize.evaluate.systems import Task
 
         task, rows = Task(self.task), self.rows
         labels = self.labels if task == Task.CLASSIFICATION else None
         groups = score_label_sets(model, self.tokenizer, rows, self.prompts, self.question_free, labels, None)
         gold = [gold_answer(row, task) for row in rows]
-        values = {}
-        for variant in Scoring:
-            predicted = predictions(groups, len(rows), variant)
-            if labels:
-                values[variant] = float(classification_metrics(gold, predicted, labels)["macro_f1"])
-            else:
-                values[variant] = sum(g == p for g, p in zip(gold, predicted, strict=True)) / len(rows)
+        metric = "macro_f1" if labels else "accuracy"
+        values = {v: float(m[metric]) for v, m in score_variants(groups, gold, labels).items()}
         chosen = choose(values) if self.scoring_asked == BEST else Scoring(self.scoring_asked)
         self.scoring = str(chosen)
         return values[chosen]
