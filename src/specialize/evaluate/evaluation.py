@@ -281,7 +281,7 @@ class _Runner:
         if system.fine_tuned and self.ranker is not None:
             from specialize.train.reward_model import rank_pairs
 
-            ranked = rank_pairs(self.ranker, self.tokenizer, self.rows)
+            ranked = rank_pairs(self.ranker, self.tokenizer, self.rows, on_progress=bar.update)
             bar.close()
             predictions = ["chosen" if right else "rejected" for right in ranked]
             return {"preference_accuracy": sum(ranked) / len(ranked), "predictions": predictions}

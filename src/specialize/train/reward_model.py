@@ -10,7 +10,7 @@ their prompt, so a batch runs as one packed pass with that prompt once (`packing
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,8 +141,15 @@ def is_reward_model(weights: Path) -> bool:
     return any(a.endswith("ForSequenceClassification") for a in architectures)
 
 
-def rank_pairs(model: Any, tokenizer: Any, rows: list[dict[str, Any]], batch_size: int = 8) -> list[bool]:
-    """For each preference row, whether the reward model scores its chosen answer above its rejected one."""
+def rank_pairs(
+    model: Any,
+    tokenizer: Any,
+    rows: list[dict[str, Any]],
+    batch_size: int = 8,
+    on_progress: Callable[[int], None] | None = None,
+) -> list[bool]:
+    """For each preference row, whether the reward model scores its chosen answer above its rejected one;
+    `on_progress` is told how many pairs each batch ranked."""
     objective = RewardModelObjective(tokenizer.pad_token_id, batch_size)
     pairs = objective.encode(model, tokenizer, rows)
     ranked: list[bool] = []
@@ -151,6 +158,8 @@ def rank_pairs(model: Any, tokenizer: Any, rows: list[dict[str, Any]], batch_siz
             scores = sequence_scores(model, objective.collate(pairs[start : start + batch_size]))
             n = scores.shape[0] // 2
             ranked += (scores[:n] > scores[n:]).tolist()
+            if on_progress is not None:
+                on_progress(n)
     return ranked
 
 
