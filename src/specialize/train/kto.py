@@ -22,7 +22,7 @@ from specialize.data.template import IGNORE, Encoded
 from specialize.errors import DataError
 from specialize.train.batching import collate
 from specialize.train.objective import StepRecord, mean_loss
-from specialize.train.preference import answer_only, sequence_logps
+from specialize.train.preference import answer_only, base_model, sequence_logps
 
 Batch = dict[str, torch.Tensor]
 SEQUENCE_KEYS = ("input_ids", "attention_mask", "targets", "shared_prefix")
@@ -107,14 +107,11 @@ class KtoObjective:
 
     def _with_reference(self, model: Any, rated: list[Rated]) -> list[Rated]:
         out = []
-        was_training = model.training
-        model.eval()
-        with torch.no_grad(), model.disable_adapter():
+        with base_model(model, f"{len(rated):,} rated answers"):
             for start in range(0, len(rated), self.batch_size):
                 chunk = rated[start : start + self.batch_size]
                 logps = sequence_logps(model, collate([r.sequence for r in chunk], self.pad_id)).tolist()
                 out += [replace(r, reference=lp) for r, lp in zip(chunk, logps, strict=True)]
-        model.train(was_training)
         return out
 
     def length(self, example: Rated) -> int:

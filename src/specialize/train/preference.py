@@ -3,7 +3,8 @@
 The loss (Rafailov et al., 2023) is -log sigmoid(beta * ((pc - rc) - (pr - rr))): p are the policy's summed
 log-likelihoods of the chosen (c) and rejected (r) answers after the prompt, r* the reference model's. The
 reference is the base model, which an adapter run already holds: switching the adapter off gives it back, so no
-second copy is kept in memory. Its log-likelihoods never change, so they are computed once, before the first step.
+second copy is kept in memory. Its log-likelihoods never change, so they are computed once, before the first step
+(a pass that takes minutes over a few thousand pairs on a CPU, so it is announced and timed in the log).
 
 `PreferenceObjective` is an `Objective` (`objective.py`), like supervised fine-tuning's: examples to batch, a summed
 loss with the count it is normalised by, and a validation figure, so the one training loop (accumulation,
@@ -12,6 +13,10 @@ schedule, checkpoints, resume, early stopping) serves both methods.
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -22,6 +27,8 @@ from specialize.data.template import IGNORE, Encoded, encode_conversation, rende
 from specialize.errors import DataError
 from specialize.train.batching import collate, target_losses
 from specialize.train.objective import StepRecord, mean_loss
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -75,18 +82,36 @@ def sequence_logps(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return zeros.index_add(0, rows, -losses)
 
 
-def with_reference(model: Any, pairs: list[Pair], pad_id: int, batch_size: int) -> list[Pair]:
-    """`pairs` with the reference (base model, adapter off) log-likelihoods filled in."""
-    out = []
+@contextmanager
+def base_model(model: Any, announce: str | None = None) -> Iterator[None]:
+    """The reference model for a pass: the base under the adapter (adapter off, eval mode, no gradient).
+    `announce` names a long pass (a whole training set) in the log, with its duration."""
+    start = time.perf_counter()
+    if announce:
+        log.info("reference pass: %s under the base model (adapter off), before the first step", announce)
     was_training = model.training
     model.eval()
-    with torch.no_grad(), model.disable_adapter():
+    try:
+        with torch.no_grad(), model.disable_adapter():
+            yield
+    finally:
+        model.train(was_training)
+    if announce:
+        log.info("reference pass done in %.0f s", time.perf_counter() - start)
+
+
+def with_reference(
+    model: Any, pairs: list[Pair], pad_id: int, batch_size: int, announce: bool = False
+) -> list[Pair]:
+    """`pairs` with the reference (base model, adapter off) log-likelihoods filled in; `announce` logs the
+    pass (for a whole training set, not a step's own samples)."""
+    out = []
+    with base_model(model, f"{len(pairs):,} pairs" if announce else None):
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start : start + batch_size]
             logps = sequence_logps(model, collate_pairs(chunk, pad_id)).tolist()
             n = len(chunk)
             out += [replace(p, reference=(logps[i], logps[n + i])) for i, p in enumerate(chunk)]
-    model.train(was_training)
     return out
 
 
@@ -113,7 +138,8 @@ class PreferenceObjective:
                 "train.method dpo takes its reference model from the base under the adapter; set train.adapter "
                 "to lora or dora"
             )
-        return with_reference(model, [encode_pair(tokenizer, r) for r in rows], self.pad_id, self.batch_size)
+        pairs = [encode_pair(tokenizer, r) for r in rows]
+        return with_reference(model, pairs, self.pad_id, self.batch_size, announce=True)
 
     def length(self, example: Pair) -> int:
         return example.length
