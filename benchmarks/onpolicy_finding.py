@@ -83,7 +83,7 @@ def _gold(report: dict[str, Any]) -> list[str]:
 def _print_table(runs: list[dict[str, Any]]) -> None:
     first = runs[0]["report"]
     print(f"{first['task']}, {first['n_examples']} validation examples; headline: {first['headline']}")
-    print(f"{'run / system':58}{'headline [95% CI]':>26}{'reward [95% CI]':>26}{'train s':>9}{'run s':>8}")
+    print(f"{'run / system':66}{'headline [95% CI]':>26}{'reward [95% CI]':>26}{'train s':>9}{'run s':>8}")
     for run in runs:
         report = run["report"]
         for system, metrics in report["systems"].items():
@@ -97,7 +97,7 @@ def _print_table(runs: list[dict[str, Any]]) -> None:
             seconds = (
                 f"{run['train_seconds'] or 0:>9.0f}{run['wall_seconds'] or 0:>8.0f}" if fine_tuned else ""
             )
-            print(f"{run['method'] + ' ' + run['id'] + ' / ' + system:58}{value:>26}{reward:>26}{seconds}")
+            print(f"{run['method'] + ' ' + run['id'] + ' / ' + system:66}{value:>26}{reward:>26}{seconds}")
             others = {
                 m: v
                 for m, v in metrics.items()
