@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from specialize.errors import RunNotFoundError, SpecializeError
 from specialize.evaluate.metrics import per_example_scores
 from specialize.evaluate.significance import RESAMPLES, interval, resampled_scores
 from specialize.runs import open_run
@@ -39,7 +40,10 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", help="run ids (or run directories), evaluated on the same file")
     parser.add_argument("--registry", help="the registry holding the runs (default: each run's own)")
     args = parser.parse_args()
-    runs = [_load(ref, args.registry) for ref in args.runs]
+    try:
+        runs = [_load(ref, args.registry) for ref in args.runs]
+    except SpecializeError as exc:  # an unknown or unfinished run: one line, as the CLI gives it
+        parser.error(str(exc))
     hashes = {r["validation_sha256"] for r in runs}
     if len(hashes) > 1:
         parser.error("the runs were evaluated on different validation files; compare runs of one data set")
@@ -52,7 +56,7 @@ def _load(ref: str, registry_url: str | None) -> dict[str, Any]:
     run_dir, config, registry = open_run(ref, registry_url)
     path = run_dir.eval / "report.json"
     if not path.exists():
-        raise SystemExit(f"run {run_dir.id} has not been evaluated; finish it first")
+        raise RunNotFoundError(f"run {run_dir.id} has not been evaluated; finish it first")
     report = json.loads(path.read_text(encoding="utf-8"))
     row = registry.get_run(run_dir.id)
     train = {m["name"]: m["value"] for m in registry.get_metrics(run_dir.id, "train") if m["step"] is None}
