@@ -274,11 +274,10 @@ class GrpoObjective(_OnPolicy):
 
     @staticmethod
     def _reference(model: Any, sequences: Batch) -> torch.Tensor:
-        was_training = model.training
-        model.eval()
-        with torch.no_grad(), model.disable_adapter():
+        from specialize.train.preference import base_model
+
+        with base_model(model):
             reference, _ = token_logps(model, sequences)
-        model.train(was_training)
         return reference
 
 
