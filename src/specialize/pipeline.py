@@ -162,15 +162,7 @@ def create_run(
     Raises:
         DataError: nothing left after cleaning; no run directory or registry row is left behind.
     """
-    tokenizer = load_tokenizer(inputs)
-
-    def fill(staging: RunDir) -> PreparedData:
-        prepared = prepare_data(config.data, tokenizer, staging.data, config.seed, inputs.examples)
-        save_resolved(config, staging.config)
-        return prepared
-
-    run_dir, staged = build_run_dir(config.runs_dir, new_run_id(config.name), fill)
-    data = dataclasses.replace(staged, directory=run_dir.data)
+    run_dir, data = build_run(config, inputs, config.runs_dir, new_run_id(config.name))
     registry = Registry(config.registry_url)
     registry.create_run(
         run_dir, config.name, config.base_model, config.model_dump(mode="json"), parent_run=parent_run
@@ -192,6 +184,21 @@ def create_run(
     ):
         registry.add_artifact(run_dir.id, kind, path)
     return run_dir, data, registry
+
+
+def build_run(config: RunConfig, inputs: RunInputs, parent: Path, name: str) -> tuple[RunDir, PreparedData]:
+    """The run directory `parent/name` with its data stage and resolved config, built under a staging name and
+    renamed only once complete (`runs.build_run_dir`); no registry row. A new run and a study mirrored on
+    another machine are both made this way."""
+    tokenizer = load_tokenizer(inputs)
+
+    def fill(staging: RunDir) -> PreparedData:
+        prepared = prepare_data(config.data, tokenizer, staging.data, config.seed, inputs.examples)
+        save_resolved(config, staging.config)
+        return prepared
+
+    run_dir, staged = build_run_dir(parent, name, fill)
+    return run_dir, dataclasses.replace(staged, directory=run_dir.data)
 
 
 def load_tokenizer(inputs: RunInputs) -> Any:

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from specialize.config import RunConfig, save_resolved
-from specialize.data import PreparedData, prepare_data
+from specialize.config import RunConfig
+from specialize.data import PreparedData
 from specialize.errors import ConfigError, TrainingError
 from specialize.models import resolve_model
-from specialize.pipeline import RunResult, check_inputs, create_run, load_tokenizer, run
-from specialize.runs import Registry, RunDir, build_run_dir, open_run
+from specialize.pipeline import RunResult, build_run, check_inputs, create_run, run
+from specialize.runs import Registry, RunDir, open_run
 
 if TYPE_CHECKING:
     from specialize.search import CurvePoint, StudyResult
@@ -172,13 +172,7 @@ def _mirror_study(study: str, storage: str | None) -> None:
     config = RunConfig.model_validate(json.loads(row["config"]))
     inputs = check_inputs(config)
     log.info("study %s: its directory is not on this machine; preparing its data here in %s", study, root)
-
-    def fill(staging: RunDir) -> None:
-        prepare_data(config.data, load_tokenizer(inputs), staging.data, config.seed, inputs.examples)
-        save_resolved(config, staging.config)
-
-    root.parent.mkdir(parents=True, exist_ok=True)
-    build_run_dir(root.parent, root.name, fill)
+    build_run(config, inputs, root.parent, root.name)
 
 
 def _learning_curve(
