@@ -1,5 +1,5 @@
 """ORPO, KTO and the reward model: each loss against a direct computation on a tiny batch, and each one learning
-the toy preference of `test_dpo.py` (polite over rude)."""
+the toy preference of `test_dpo.py` (polite over rude); DPO's reference, scored when a pair is first batched."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from specialize.train import train
 from specialize.train.kto import KtoObjective
 from specialize.train.loop import _prepare_model
 from specialize.train.orpo import OrpoObjective
-from specialize.train.preference import answer_only
+from specialize.train.preference import PreferenceObjective, answer_only
 from specialize.train.reward_model import RewardModelObjective, load_reward_model, pair_figures
 
 
@@ -86,7 +86,7 @@ def test_kto_loss_equals_a_direct_computation(tiny_model_dir):
     model, tokenizer = policy(tiny_model_dir)
     rows = rated_rows(3)
     settings = KtoConfig(beta=0.5, desirable_weight=1.0, undesirable_weight=1.5)
-    objective = KtoObjective(settings, tokenizer.pad_token_id, 4)
+    objective = KtoObjective(settings, tokenizer.pad_token_id, 4, model)
     with torch.no_grad():
         got = objective.loss(model, objective.collate(objective.encode(model, tokenizer, rows)))
 
@@ -108,6 +108,27 @@ def test_kto_loss_equals_a_direct_computation(tiny_model_dir):
         else:
             expected += 1.5 * (1 - torch.sigmoid(torch.tensor(0.5 * (z - r))).item())
     assert float(got) == pytest.approx(expected, rel=1e-4)
+
+
+def test_dpo_scores_a_pairs_reference_once_the_first_time_it_is_batched(tiny_model_dir):
+    model, tokenizer = policy(tiny_model_dir)
+    objective = PreferenceObjective(0.1, tokenizer.pad_token_id, 4, model)
+    pairs = objective.encode(model, tokenizer, prepared(pair_rows(6)))
+    assert all(p.reference is None for p in pairs)  # no pass over the whole set before the first step
+    batch = objective.collate(pairs[:2])
+    assert [p.reference is not None for p in pairs] == [True, True, False, False, False, False]
+    with model.disable_adapter():  # the reference is the base model, the adapter switched off
+        base = [
+            sum(direct_logps(model, e.input_ids, e.labels)) for p in pairs[:2] for e in (p.chosen, p.rejected)
+        ]
+    assert [x for p in pairs[:2] for x in p.reference] == pytest.approx(base, rel=1e-4)
+    assert batch["reference"].tolist() == pytest.approx([base[0], base[2], base[1], base[3]], rel=1e-4)
+
+    with torch.no_grad():  # a changed base would change a recomputed reference: the first scores are kept
+        model.get_input_embeddings().weight.mul_(2)
+    again = objective.collate(pairs[:3])
+    assert again["reference"][[0, 1, 3, 4]].tolist() == batch["reference"].tolist()
+    assert pairs[2].reference is not None
 
 
 def test_reward_model_scores_equal_transformers_own_head(tiny_model_dir):

@@ -2,7 +2,7 @@
 
 This is the shape of thumbs-up and thumbs-down feedback (`feedback` rows: prompt, completion, label true/false).
 Each answer y to a prompt x has the implicit reward r = log p(y|x) - log p_ref(y|x), the reference being the
-base model (the adapter switched off; its log-likelihoods computed once, before the first step, as DPO's). A good
+base model (the adapter switched off; each answer's computed once, the first time it is batched, as DPO's). A good
 answer's loss is desirable_weight * (1 - sigmoid(beta (r - z))), a bad one's undesirable_weight *
 (1 - sigmoid(beta (z - r))). z, the reference point, estimates the KL divergence of the policy from the base: as
 in the paper and TRL, the mean of log p - log p_ref over mismatched pairs of the batch (each prompt with the next
@@ -12,7 +12,7 @@ example's answer), without gradient and clipped at 0. A preference pair is read 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,15 +28,15 @@ Batch = dict[str, torch.Tensor]
 SEQUENCE_KEYS = ("input_ids", "attention_mask", "targets", "shared_prefix")
 
 
-@dataclass(frozen=True)
+@dataclass
 class Rated:
     """An answer after its prompt, targets on the answer; where the answer starts; its rating; the reference's
-    log-likelihood of it."""
+    log-likelihood of it, once computed (the first time the answer is batched, as DPO's pairs are)."""
 
     sequence: Encoded
     start: int
     desirable: bool
-    reference: float = 0.0
+    reference: float | None = None
 
 
 def rate(
@@ -79,11 +79,13 @@ def kto_loss(model: Any, batch: Batch, config: KtoConfig) -> torch.Tensor:
 
 @dataclass
 class KtoObjective:
-    """KTO over rated answers (or pairs, read as one good and one bad answer): an `Objective[Rated]`."""
+    """KTO over rated answers (or pairs, read as one good and one bad answer), with the base model under the
+    adapter of `model` as the reference: an `Objective[Rated]`."""
 
     config: KtoConfig
     pad_id: int
     batch_size: int
+    model: Any
 
     def encode(self, model: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> list[Rated]:
         if not hasattr(model, "disable_adapter"):
@@ -103,22 +105,19 @@ class KtoObjective:
                     f"{row.get('source', 'training data')}: train.method kto needs answers rated good or bad "
                     "(prompt, completion, label true/false) or preference pairs; this row is neither"
                 )
-        return self._with_reference(model, rated)
-
-    def _with_reference(self, model: Any, rated: list[Rated]) -> list[Rated]:
-        out = []
-        with base_model(model, f"{len(rated):,} rated answers"):
-            for start in range(0, len(rated), self.batch_size):
-                chunk = rated[start : start + self.batch_size]
-                logps = sequence_logps(model, collate([r.sequence for r in chunk], self.pad_id)).tolist()
-                out += [replace(r, reference=lp) for r, lp in zip(chunk, logps, strict=True)]
-        return out
+        return rated
 
     def length(self, example: Rated) -> int:
         return len(example.sequence.input_ids)
 
     def collate(self, examples: list[Rated]) -> Batch:
         batch = collate([e.sequence for e in examples], self.pad_id)
+        missing = [e for e in examples if e.reference is None]
+        if missing:
+            with base_model(self.model):
+                logps = sequence_logps(self.model, collate([e.sequence for e in missing], self.pad_id))
+            for example, logp in zip(missing, logps.tolist(), strict=True):
+                example.reference = logp
         batch.update({f"kl_{k}": v for k, v in collate(mismatched(examples), self.pad_id).items()})
         batch["reference"] = torch.tensor([e.reference for e in examples])
         batch["desirable"] = torch.tensor([e.desirable for e in examples])

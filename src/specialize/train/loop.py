@@ -47,7 +47,8 @@ class Preloaded:
 
     `train` puts its adapter on `model` and takes it off again when it returns or fails; full fine-tuning puts
     the weights back. Encoded rows are kept by method and row: a sequence depends on the tokenizer alone, and a
-    DPO pair's reference scores on the base model, both the same for every training on this model.
+    DPO pair's reference scores (filled in the first time a training draws the pair) on the base model, both the
+    same for every training on this model.
     """
 
     model: Any
@@ -239,9 +240,9 @@ def _train_loop(
     from specialize.train.fused_lora import fused_lora
     from specialize.train.resources import check_resources, estimate_memory
 
-    objective = objective_for(config, tokenizer.pad_token_id, reward)
+    objective = objective_for(config, tokenizer.pad_token_id, reward, model)
     cache = preloaded.encoded if preloaded is not None else None
-    with placement.autocast():  # DPO scores its reference here
+    with placement.autocast():
         train_set = _encode(
             objective, model, tokenizer, read_prepared(train_file), config.method, cache, processes
         )
@@ -333,12 +334,14 @@ def _train_loop(
                 mine = rows if processes is None else processes.shard(rows, config.batch_size)
                 if mine:
                     examples = [train_set[i] for i in mine]
-                    group += [objective.collate(part) for part in passes(examples, budget)]
+                    with placement.autocast():  # DPO and KTO score a reference the first time a row is drawn
+                        group += [objective.collate(part) for part in passes(examples, budget)]
                 elif sharded:
                     # FSDP gathers and reduces in every forward and backward pass, so a process with no rows
                     # in this batch (an epoch's short last one) runs one of its rows with weight 0 rather
                     # than leave the others waiting.
-                    idle.append(objective.collate([train_set[rows[0]]]))
+                    with placement.autocast():
+                        idle.append(objective.collate([train_set[rows[0]]]))
             n_targets = sum(objective.count(b) for b in group)
             step_loss, step_tokens, step_computed = 0.0, 0, 0
             for batch in idle:
@@ -499,8 +502,8 @@ def _encode(
 ) -> list[Any]:
     """The rows as the objective's examples; with a cache, only rows not encoded before are.
 
-    Data-parallel, each process encodes every n-th row (tokenizing, and DPO's reference pass, divided between
-    them) and all of them receive every example: batches are drawn from the whole set by every process alike.
+    Data-parallel, each process tokenizes every n-th row and all of them receive every example: batches are drawn
+    from the whole set by every process alike (and each scores DPO's reference for the rows of its own shards).
     """
     if processes is not None:
         mine = _encode(objective, model, tokenizer, rows[processes.rank :: processes.world], method, cache)

@@ -90,43 +90,43 @@ class Method:
 
     rows: frozenset[str]  # the `data.Example.kind`s it learns from
     needs: str  # those rows, as a user reads it in an error
-    # (the train section, the pad token id, the reward of an on-policy method) -> objective
-    build: Callable[[TrainConfig, int, Reward | None], Objective[Any]]
+    # (the train section, the pad token id, the reward of an on-policy method, the model trained) -> objective
+    build: Callable[[TrainConfig, int, Reward | None, Any], Objective[Any]]
     scalar_head: bool = False  # the model ends in a scalar head (a reward model), not the vocabulary
     fix: str = "use train.method sft for such data"  # what to do with rows it cannot learn from
 
 
-def _supervised(config: TrainConfig, pad_id: int, reward: Reward | None) -> Objective[Any]:
+def _supervised(config: TrainConfig, pad_id: int, reward: Reward | None, model: Any) -> Objective[Any]:
     from specialize.train.supervised import SupervisedObjective
 
     return SupervisedObjective(pad_id, config.batch_size)
 
 
-def _preference(config: TrainConfig, pad_id: int, reward: Reward | None) -> Objective[Any]:
+def _preference(config: TrainConfig, pad_id: int, reward: Reward | None, model: Any) -> Objective[Any]:
     from specialize.train.preference import PreferenceObjective
 
-    return PreferenceObjective(config.dpo_beta, pad_id, config.batch_size)
+    return PreferenceObjective(config.dpo_beta, pad_id, config.batch_size, model)
 
 
-def _orpo(config: TrainConfig, pad_id: int, reward: Reward | None) -> Objective[Any]:
+def _orpo(config: TrainConfig, pad_id: int, reward: Reward | None, model: Any) -> Objective[Any]:
     from specialize.train.orpo import OrpoObjective
 
     return OrpoObjective(config.orpo_lambda, pad_id, config.batch_size)
 
 
-def _kto(config: TrainConfig, pad_id: int, reward: Reward | None) -> Objective[Any]:
+def _kto(config: TrainConfig, pad_id: int, reward: Reward | None, model: Any) -> Objective[Any]:
     from specialize.train.kto import KtoObjective
 
-    return KtoObjective(config.kto, pad_id, config.batch_size)
+    return KtoObjective(config.kto, pad_id, config.batch_size, model)
 
 
-def _reward_model(config: TrainConfig, pad_id: int, reward: Reward | None) -> Objective[Any]:
+def _reward_model(config: TrainConfig, pad_id: int, reward: Reward | None, model: Any) -> Objective[Any]:
     from specialize.train.reward_model import RewardModelObjective
 
     return RewardModelObjective(pad_id, config.batch_size)
 
 
-def _on_policy(config: TrainConfig, pad_id: int, reward: Reward | None) -> Objective[Any]:
+def _on_policy(config: TrainConfig, pad_id: int, reward: Reward | None, model: Any) -> Objective[Any]:
     from specialize.errors import ConfigError
     from specialize.train.onpolicy import GrpoObjective, OnlineDpoObjective
 
@@ -167,9 +167,12 @@ ROW_KINDS = {
 }
 
 
-def objective_for(config: TrainConfig, pad_id: int, reward: Reward | None = None) -> Objective[Any]:
-    """The objective of `config.method`; `reward` scores the samples of an on-policy method."""
-    return METHODS[config.method].build(config, pad_id, reward)
+def objective_for(
+    config: TrainConfig, pad_id: int, reward: Reward | None = None, model: Any = None
+) -> Objective[Any]:
+    """The objective of `config.method`; `reward` scores the samples of an on-policy method, and `model` (the
+    one trained) gives DPO and KTO their reference, the base under its adapter."""
+    return METHODS[config.method].build(config, pad_id, reward, model)
 
 
 def check_rows(method: str, examples: Sequence[Example]) -> None:
