@@ -54,6 +54,31 @@ def test_batched_greedy_matches_generate_while_rows_join_and_leave(model_and_tok
     assert generate_batch(model, tokenizer, texts, 12, batch_size=16) == expected
 
 
+def test_batched_greedy_answers_are_the_adapters_not_the_base_models(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    model = get_peft_model(base, LoraConfig(r=8, target_modules="all-linear")).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    texts = prompts(tokenizer)
+    tuned = [
+        tokenizer.decode(one_at_a_time(model, tokenizer, p, 12), skip_special_tokens=True).strip() for p in texts
+    ]
+    with model.disable_adapter():
+        plain = [
+            tokenizer.decode(one_at_a_time(model, tokenizer, p, 12), skip_special_tokens=True).strip()
+            for p in texts
+        ]
+        assert generate_batch(model, tokenizer, texts, 12) == plain  # adapter switched off: the base model
+    assert tuned != plain
+    assert generate_batch(model, tokenizer, texts, 12) == tuned
+
+
 def test_rows_added_mid_decode_continue_exactly(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     texts = prompts(tokenizer)

@@ -308,7 +308,8 @@ def generate_batch(
     batch_size: int = 16,
     progress: Any = None,
 ) -> list[str]:
-    """Greedy answers to `prompts` (rendered chat prompts), each up to its end-of-turn token.
+    """Greedy answers of `model` as it is (its active adapter, or none where it is switched off) to `prompts`
+    (rendered chat prompts), each up to its end-of-turn token.
 
     `max_new_tokens` is one budget for all or one per prompt. Keeps `batch_size` rows decoding: a finished row's
     place goes to the next prompt at once, so short answers never wait for long ones. `progress`, if given, is
@@ -323,6 +324,9 @@ def generate_batch(
     queue.reverse()
     answers: list[str] = [""] * len(prompts)
     batch = DecodeBatch(model, tokenizer.pad_token_id)
+    # Not a mixed batch: its rows name no adapter, and in a mixed batch that would be PEFT's "no adapter" (the
+    # base model) for every row, so a fine-tuned system would be scored on the base model's answers.
+    batch.mixed = False
     while queue or batch.rows:
         batch.add([queue.pop() for _ in range(min(batch_size - len(batch), len(queue)))])
         batch.step()
