@@ -39,9 +39,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="run ids (or run directories), evaluated on the same file")
     parser.add_argument("--registry", help="the registry holding the runs (default: each run's own)")
+    parser.add_argument(
+        "--report",
+        metavar="NAME",
+        help="read each run's eval/NAME/report.json (written by `specialize eval RUN --data NAME.jsonl`) instead "
+        "of the report of the run itself",
+    )
     args = parser.parse_args()
     try:
-        runs = [_load(ref, args.registry) for ref in args.runs]
+        runs = [_load(ref, args.registry, args.report) for ref in args.runs]
     except SpecializeError as exc:  # an unknown or unfinished run: one line, as the CLI gives it
         parser.error(str(exc))
     hashes = {r["validation_sha256"] for r in runs}
@@ -51,12 +57,13 @@ def main() -> None:
     _print_tests(runs)
 
 
-def _load(ref: str, registry_url: str | None) -> dict[str, Any]:
-    """A run's report, method, and wall times."""
+def _load(ref: str, registry_url: str | None, name: str | None = None) -> dict[str, Any]:
+    """A run's report (its own, or the one `specialize eval` wrote for the file `name`), method, and wall times."""
     run_dir, config, registry = open_run(ref, registry_url)
-    path = run_dir.eval / "report.json"
+    path = (run_dir.eval / name if name else run_dir.eval) / "report.json"
     if not path.exists():
-        raise RunNotFoundError(f"run {run_dir.id} has not been evaluated; finish it first")
+        fix = f"run specialize eval {run_dir.id} --data {name}.jsonl" if name else "finish it first"
+        raise RunNotFoundError(f"run {run_dir.id} has no {path}; {fix}")
     report = json.loads(path.read_text(encoding="utf-8"))
     row = registry.get_run(run_dir.id)
     train = {m["name"]: m["value"] for m in registry.get_metrics(run_dir.id, "train") if m["step"] is None}
