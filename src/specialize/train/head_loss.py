@@ -23,9 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Positions per chunk: 64 x 49,152 x 4 bytes = 12.6 MB of logits, small enough to stay in a CPU's last-level cache
-# between the passes over it, large enough that the head's product runs at the machine's matmul speed.
-CHUNK = 64
+# Positions per chunk on a CPU: 128 x 49,152 x 4 bytes = 25 MB of logits. The head's two products are nine tenths
+# of this function's time, and on SmolLM2's head they ran 13% faster over 128 positions than over 64, while 256
+# lost more to the passes over logits that no longer stay in the last-level cache (1,024 positions, 2-core Xeon
+# with AVX-512: 601, 521 and 589 ms with the previous passes; 580, 497 and 527 ms with the ones below).
+CHUNK = 128
 
 
 class _ChunkedCrossEntropy(torch.autograd.Function):
@@ -40,19 +42,22 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         # Under autocast the products run in its dtype, as the plain head's would (the weight cast once, not
         # per chunk); the softmax in float32. A GPU is bound by launches, not memory: larger chunks there.
         dtype = torch.get_autocast_dtype(on) if torch.is_autocast_enabled(on) else hidden.dtype
-        chunk = CHUNK if on == "cpu" else 16 * CHUNK
+        chunk = CHUNK if on == "cpu" else 8 * CHUNK
         weight = weight.to(dtype)
         bias = None if bias is None else bias.to(dtype)
         losses = torch.empty(len(targets), dtype=torch.float32, device=hidden.device)
         grad = torch.empty_like(hidden) if want_grad else None
         for start in range(0, len(targets), chunk):
             h, t = hidden[start : start + chunk].to(dtype), targets[start : start + chunk]
-            logits = F.linear(h, weight, bias)
-            scores = logits.float()
-            lse = torch.logsumexp(scores, dim=-1)
-            losses[start : start + chunk] = lse - scores.gather(1, t[:, None])[:, 0]
+            scores = F.linear(h, weight, bias).float()
+            target = scores.gather(1, t[:, None])[:, 0]
+            # log-sum-exp by hand, in place, so that exp runs once and its result is the softmax's numerator
+            # (torch.logsumexp, then exp(scores - lse) for the gradient, passes twice more over the logits)
+            top = scores.amax(dim=-1, keepdim=True)
+            total = scores.sub_(top).exp_().sum(dim=-1, keepdim=True)
+            losses[start : start + chunk] = (top + total.log())[:, 0] - target
             if grad is not None:
-                probs = scores.sub_(lse[:, None]).exp_()  # in place: the chunk's logits are not needed again
+                probs = scores.div_(total)
                 probs[torch.arange(len(t), device=t.device), t] -= 1
                 grad[start : start + chunk] = probs.to(dtype) @ weight
         ctx.save_for_backward(grad)
