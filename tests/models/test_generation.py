@@ -67,7 +67,8 @@ def test_batched_greedy_answers_are_the_adapters_not_the_base_models(tiny_model_
                 p.normal_(0, 0.5)
     texts = prompts(tokenizer)
     tuned = [
-        tokenizer.decode(one_at_a_time(model, tokenizer, p, 12), skip_special_tokens=True).strip() for p in texts
+        tokenizer.decode(one_at_a_time(model, tokenizer, p, 12), skip_special_tokens=True).strip()
+        for p in texts
     ]
     with model.disable_adapter():
         plain = [
@@ -145,7 +146,7 @@ def test_rows_with_different_adapters_share_a_forward_pass(model_and_tokenizer, 
 
     expected = {name: solo(name) for name in ("a", "b", "__base__")}
     assert expected["a"] != expected["b"]
-    batch = DecodeBatch(model, tokenizer.pad_token_id)
+    batch = DecodeBatch(model, tokenizer.pad_token_id, mixed=True)
     rows = [Row(ids, Sampling(6), adapter=name) for name in ("a", "b", "__base__")]
     batch.add(rows)
     for _ in range(6):

@@ -67,16 +67,17 @@ class DecodeBatch:
 
     Call `add` with new rows (pre-fills them), `step` for one token of every row, and `remove` for the rows that
     are done. `mixed` says whether rows with different adapters may share one forward pass (PEFT supports that for
-    LoRA, not for DoRA); when False, the caller keeps one adapter per batch and makes it the active one.
+    LoRA, not for DoRA): each row's adapter is passed to PEFT, and a row that names none gets the base model. Not
+    mixed (the default), the model as it is serves every row: its active adapter, or the base where the adapter is
+    switched off; the caller keeps one adapter per batch. Only the server mixes, so a caller that decodes one model
+    (evaluation, on-policy sampling) cannot get the base model's answers by leaving its rows' adapter unnamed.
     """
 
-    def __init__(self, model: Any, pad_id: int) -> None:
+    def __init__(self, model: Any, pad_id: int, mixed: bool = False) -> None:
         self.model = model
         self.pad_id = pad_id
         self.rows: list[Row] = []
-        self.mixed = (
-            True  # pass each row's adapter to PEFT; False: the model's active adapter serves every row
-        )
+        self.mixed = mixed
         self._cache: Any = None
         self.device = next(model.parameters()).device
         self._mask = torch.zeros(0, 0, dtype=torch.long, device=self.device)
@@ -286,7 +287,6 @@ def sample_batch(
     queue.reverse()
     done: list[Row | None] = [None] * len(prompts)
     batch = DecodeBatch(model, pad_id)
-    batch.mixed = False
     while queue or batch.rows:
         batch.add([queue.pop() for _ in range(min(batch_size - len(batch), len(queue)))])
         batch.step()
@@ -324,9 +324,6 @@ def generate_batch(
     queue.reverse()
     answers: list[str] = [""] * len(prompts)
     batch = DecodeBatch(model, tokenizer.pad_token_id)
-    # Not a mixed batch: its rows name no adapter, and in a mixed batch that would be PEFT's "no adapter" (the
-    # base model) for every row, so a fine-tuned system would be scored on the base model's answers.
-    batch.mixed = False
     while queue or batch.rows:
         batch.add([queue.pop() for _ in range(min(batch_size - len(batch), len(queue)))])
         batch.step()
