@@ -28,38 +28,63 @@ def chat(live_server, body, **kwargs) -> httpx.Response:
     )
 
 
+class Pacer:
+    """Counts the /health answers; a body sent through `chunks` waits for a new one after each of its chunks, so
+    answers are known to come while the server reads the body, however fast this machine reads it."""
+
+    def __init__(self) -> None:
+        self.answers = 0
+        self.sending = False
+        self.changed = threading.Condition()
+
+    def answered(self) -> None:
+        with self.changed:
+            self.answers += 1
+            self.changed.notify_all()
+
+    def wait_for_an_answer(self) -> None:
+        """Return after the next /health answer, or after 30 s without one (a stalled server: the test fails)."""
+        with self.changed:
+            seen = self.answers
+            self.changed.wait_for(lambda: self.answers > seen, timeout=30)
+
+
 def health_while(live_server, send) -> tuple[list[float], list[float], object]:
-    """Poll /health while `send(sent_event)` runs on a thread; the latencies of the answers that came after the
-    body was sent and before its answer, the latencies of all, and what `send` returned."""
-    sent, finished, result = threading.Event(), threading.Event(), {}
+    """Poll /health while `send(pacer)` runs on a thread; the latencies of the answers that came after the body's
+    first chunk was sent and before its answer, the latencies of all, and what `send` returned."""
+    pacer, finished, result = Pacer(), threading.Event(), {}
 
     def run() -> None:
         try:
-            result["reply"] = send(sent)
+            result["reply"] = send(pacer)
         finally:
             finished.set()
 
-    thread = threading.Thread(target=run)
-    thread.start()
     during, every = [], []
     with httpx.Client(timeout=60) as client:
+        thread = threading.Thread(target=run)
+        thread.start()
         while not finished.is_set():
-            was_sent = sent.is_set()
+            was_sending = pacer.sending
             started = time.perf_counter()
             assert client.get(f"{live_server.root}/health").json()["status"] == "ok"
             latency = time.perf_counter() - started
             every.append(latency)
-            if was_sent and not finished.is_set():
+            if was_sending and not finished.is_set():
                 during.append(latency)
+            pacer.answered()
             time.sleep(0.005)
     thread.join()
     return during, every, result["reply"]
 
 
-def chunks(body: bytes, sent: threading.Event, size: int = 65536):
+def chunks(body: bytes, pacer: Pacer, size: int = 65536):
+    """The body in chunks, each after a /health answer: the server must answer while it reads the rest."""
+    pacer.sending = True
     for start in range(0, len(body), size):
+        if start:
+            pacer.wait_for_an_answer()
         yield body[start : start + size]
-    sent.set()  # httpx asks for the next chunk once the last one is written
 
 
 def test_health_answers_while_a_maximum_size_request_is_handled(live_server):
@@ -71,7 +96,7 @@ def test_health_answers_while_a_maximum_size_request_is_handled(live_server):
     body = {"model": live_server.base, "messages": [message] * ((MAX_BODY_BYTES - 200) // one)}
     raw = json.dumps(body).encode()
     assert MAX_BODY_BYTES - 1000 < len(raw) <= MAX_BODY_BYTES
-    during, every, reply = health_while(live_server, lambda sent: chat(live_server, chunks(raw, sent)))
+    during, every, reply = health_while(live_server, lambda pacer: chat(live_server, chunks(raw, pacer)))
     assert (
         reply.status_code == 413 and reply.json()["error"]["code"] == "request_too_large"
     )  # 38,000 messages
@@ -92,7 +117,7 @@ def test_a_body_over_the_limit_is_refused_413_and_never_stored_whole(live_server
         and error["type"] == "invalid_request_error"
     )
     during, _, streamed = health_while(
-        live_server, lambda sent: chat(live_server, chunks(big.encode(), sent))
+        live_server, lambda pacer: chat(live_server, chunks(big.encode(), pacer))
     )
     assert streamed.status_code == 413 and streamed.json()["error"]["code"] == "request_too_large"
     rows = [
