@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from specialize.config import RunConfig, TrainConfig, save_resolved
-from specialize.data import Example, PreparedData, load_examples, prepare_data, read_chat_jsonl
+from specialize.data import Example, PreparedData, load_examples, prepare_data, read_data
 from specialize.data.audit import left_out
 from specialize.errors import DataError, RunNotFoundError
 from specialize.evaluate import EvalReport, evaluate
@@ -236,29 +236,35 @@ def resume(run: str, registry_url: str | None = None, progress: bool = True) -> 
 def evaluate_run(
     run: str, data_file: Path, registry_url: str | None = None, progress: bool = True
 ) -> EvalReport:
-    """Evaluate a finished run on any chat JSONL file (a new test set, say) and record it in the registry.
+    """Evaluate a finished run on a new file of examples (a test set, say) and record it in the registry.
 
-    Every configured system answers the file's examples; the result goes to `eval/<file stem>/report.json` and to
+    The file is read as the run read its own data (`data.format`, `columns`, label field and labels), so a
+    preference run is scored on pairs and a CSV run on CSV. Every configured system answers the file's examples; the result goes to `eval/<file stem>/report.json` and to
     the registry as stage `eval:<file stem>`, next to the run's own validation results.
 
     Args:
         run: a run id in the registry, or the path of a run directory.
-        data_file: the examples, as chat JSONL (with a label field for classification).
+        data_file: the examples, in any format `specialize run` reads.
         registry_url: the registry holding the run (default: the one named in the run's config).
         progress: show progress bars.
     """
     run_dir, config, registry = open_run(run, registry_url)
     finished = run_dir.train / RESULT_FILE
     if not data_file.is_file():
-        raise DataError(
-            f"--data {data_file}: no such file; give the path of a chat JSONL file to evaluate on"
-        )
+        raise DataError(f"--data {data_file}: no such file; give the path of a data file to evaluate on")
     if not finished.exists():
         raise RunNotFoundError(
             f"run {run_dir.id} has no trained model yet; finish it with `specialize train --resume {run_dir.id}`"
         )
     trained = TrainResult.load(finished)
-    examples = read_chat_jsonl(data_file, config.data.label_field)
+    data = config.data
+    examples = read_data(
+        data_file,
+        format=data.format,
+        columns={str(k): v for k, v in data.columns.items()},
+        label_field=data.label_field,
+        labels=data.labels,
+    )
     out_dir = run_dir.eval / data_file.stem
     out_dir.mkdir(parents=True, exist_ok=True)
     examples_file = out_dir / "examples.jsonl"

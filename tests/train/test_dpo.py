@@ -122,6 +122,12 @@ def test_specialize_run_with_dpo_ranks_the_preferred_answers(tmp_path, tiny_mode
     report = json.loads((run_dir / "eval" / "report.json").read_text())
     assert report["task"] == "preference" and report["headline"] == "preference_accuracy"
     assert report["systems"]["fine_tuned"]["preference_accuracy"] == 1.0
+    # a new file of pairs is read as pairs, as the run read its own (not as chat rows)
+    write_jsonl(tmp_path / "later.jsonl", pair_rows(6, start=300))
+    assert main(["--quiet", "eval", str(run_dir), "--data", str(tmp_path / "later.jsonl")]) == 0
+    later = json.loads((run_dir / "eval" / "later" / "report.json").read_text())
+    assert later["task"] == "preference" and later["n_examples"] == 6
+    assert later["systems"]["fine_tuned"]["preference_accuracy"] == 1.0
 
 
 def test_dpo_on_chat_rows_names_the_row_and_the_fix(tmp_path, tiny_model_dir, chat_dataset):

@@ -93,7 +93,12 @@ def _parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="evaluate a finished run on another file (a new test set) and record it")
     e.add_argument("run", metavar="RUN", help="run id, or the path of a run directory")
-    e.add_argument("--data", required=True, type=Path, help="chat JSONL file to evaluate on")
+    e.add_argument(
+        "--data",
+        required=True,
+        type=Path,
+        help="file to evaluate on, read as the run read its data (format, columns)",
+    )
     e.add_argument("--registry", help="SQLAlchemy URL of the registry holding the run")
 
     x = sub.add_parser("export", help="export a finished run: merged model, adapter, or llama.cpp GGUF file")
