@@ -357,6 +357,12 @@ class EvalConfig(_Section):
         gt=0,
         description="Evaluate on a seeded sample of this many, stratified by label for classification.",
     )
+    exclude_examples: Path | None = Field(
+        None,
+        description="A JSONL of prepared examples (rows with a `source`) left out of the evaluation, e.g. the "
+        "validation sample a hyperparameter study ranked its trials on: its final runs are compared on the other "
+        "validation rows, not on those that chose the winner.",
+    )
     free_answers: bool = Field(
         False,
         description="Classification: also let each system answer freely and report how often the answer is no "
@@ -739,6 +745,16 @@ def load_config(path: Path | str | None, overrides: list[str] | None = None) -> 
         retrain.golden = _relative_to(
             retrain.golden, Path.cwd() if "monitor.retrain.golden" in typed else base_dir
         )
+    exclude = config.eval.exclude_examples
+    if exclude is not None:
+        exclude = config.eval.exclude_examples = _relative_to(
+            exclude, Path.cwd() if "eval.exclude_examples" in typed else base_dir
+        )
+        if not exclude.is_file():
+            raise ConfigError(
+                f"{source}: eval.exclude_examples: {exclude} does not exist; give a JSONL of prepared examples "
+                "(e.g. a study's search/validation_sample.jsonl), or remove the key"
+            )
     documents = config.eval.rag_documents
     if documents is not None:
         documents = config.eval.rag_documents = _relative_to(

@@ -82,6 +82,7 @@ def tune(
         TrainingError: no trial finished within the budget.
     """
     from specialize.search import apply, search_hyperparameters, space_of, study_result, write_best_config
+    from specialize.search.worker import SAMPLE_FILE
 
     if resume is not None:
         _mirror_study(resume, storage)
@@ -129,13 +130,14 @@ def tune(
                 "data.max_train_examples or train.epochs in search:)"
             )
         name = study_config.name.removesuffix("-study")
-        tuned_config = apply(study_config, best.params, name=f"{name}-tuned")
+        final_config = _held_out(study_config, run_dir.root / "search" / SAMPLE_FILE, data.n_validation)
+        tuned_config = apply(final_config, best.params, name=f"{name}-tuned")
         best_config = write_best_config(
             tuned_config, study, best.number, run_dir.root / "search" / "best.yaml"
         )
         tuned = run(tuned_config, progress, parent_run=study)
-        default = run(apply(study_config, {}, name=f"{name}-default"), progress, parent_run=study)
-        curve = _learning_curve(study_config, best.params, tuned, name, study, progress)
+        default = run(apply(final_config, {}, name=f"{name}-default"), progress, parent_run=study)
+        curve = _learning_curve(final_config, best.params, tuned, name, study, progress)
         from specialize.search import write_study_report
 
         report = write_study_report(
@@ -155,6 +157,22 @@ def tune(
         raise
     registry.finish_run(study, "completed")
     return TuneResult(study, run_dir, searched, best_config, tuned, default, curve, report)
+
+
+def _held_out(config: RunConfig, sample: Path, n_validation: int) -> RunConfig:
+    """The config of the study's final runs: evaluated on the validation rows outside the sample the trials were
+    ranked on. The winner was chosen for its score on those rows, so a comparison drawn from them would flatter it
+    (on banking77 the tuned config led the default by 0.085 macro-F1 there and trailed it by 0.012 on the rest).
+    Where the sample holds the whole split there is nothing else to compare on; the report then says so."""
+    held = sum(1 for line in sample.read_text(encoding="utf-8").splitlines() if line.strip())
+    if held >= n_validation:
+        log.warning(
+            "the search sample holds all %d validation examples: the tuned and default runs are compared on the "
+            "examples that chose the winner; give --sample fewer than the split for a held-out comparison",
+            n_validation,
+        )
+        return config
+    return config.model_copy(update={"eval": config.eval.model_copy(update={"exclude_examples": sample})})
 
 
 def _mirror_study(study: str, storage: str | None) -> None:

@@ -231,3 +231,19 @@ def test_a_capped_evaluation_is_stratified_and_says_what_it_covers(tiny_model_di
     }
     assert sorted(report["gold"]) == sorted(LABELS), "three examples, one of each label"
     assert report["n_examples"] == 3 and len(report["systems"]["base_zero_shot"]["predictions"]) == 3
+
+
+def test_excluded_examples_are_left_out_by_source_and_the_report_counts_them(
+    tiny_model_dir, splits, tmp_path
+):
+    train, validation = splits
+    rows = [json.loads(line) for line in validation.read_text(encoding="utf-8").splitlines()]
+    excluded = write_jsonl(tmp_path / "chosen.jsonl", [rows[0], rows[3]])  # e.g. a study's search sample
+    report = _report(
+        _evaluate(tiny_model_dir, splits, tmp_path, systems=["base_zero_shot"], exclude_examples=excluded)
+    )
+    assert report["n_examples"] == 3 and report["sample"]["excluded"] == 2
+    assert report["gold"] == [rows[i]["label"] for i in (1, 2, 4)]
+    everything = write_jsonl(tmp_path / "all.jsonl", rows)
+    with pytest.raises(EvalError, match="leaves out every one of the 5 examples"):
+        _evaluate(tiny_model_dir, splits, tmp_path, systems=["base_zero_shot"], exclude_examples=everything)

@@ -18,7 +18,7 @@ def test_a_study_keeps_to_its_budget_then_trains_the_best_config_next_to_the_def
     tmp_path, tiny_model_dir, capsys
 ):
     config = load_config(path := study_config(tmp_path, tiny_model_dir))
-    assert main(["--quiet", "tune", str(path), "--budget", "30s", "--eval-every", "12"]) == 0
+    assert main(["--quiet", "tune", str(path), "--budget", "30s", "--eval-every", "12", "--sample", "6"]) == 0
     out = capsys.readouterr().out
 
     registry = Registry(config.registry_url)
@@ -58,11 +58,19 @@ def test_a_study_keeps_to_its_budget_then_trains_the_best_config_next_to_the_def
     assert best.train.learning_rate == winner.params["train.learning_rate"]
     assert best.train.lora.rank == winner.params["train.lora.rank"] and best.search is None
     assert load_resolved(tuned_dir / "config.resolved.yaml").train == best.train
+    # the final runs are compared on the validation rows the trials were not ranked on: 6 of the 12
+    sample = study_dir / "search" / "validation_sample.jsonl"
+    for name in ("tiny-tuned", "tiny-default", "tiny-curve25"):
+        run_dir = config.runs_dir / children[name]["id"]
+        assert load_resolved(run_dir / "config.resolved.yaml").eval.exclude_examples == sample
+        report = yaml.safe_load((run_dir / "eval" / "report.json").read_text())
+        assert report["n_examples"] == 6 and report["sample"]["excluded"] == 6
+    assert "(6 left out by eval.exclude_examples)" in out
     html = (study_dir / "search" / "report.html").read_text()
     for section in (
         "Trials",
         "Optimisation history",
-        "Tuned and default config on the validation split",
+        "Tuned and default config on the validation examples the trials were not ranked on",
         "Learning curve",
     ):
         assert f"<h2>{section}" in html

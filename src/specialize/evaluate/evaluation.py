@@ -118,6 +118,7 @@ def evaluate(
     if rows and all("desirable" in r for r in rows):
         # Rated answers (KTO's feedback rows): the good ones are references to answer like; the bad are not.
         rows = [r for r in rows if r["desirable"]] or rows
+    rows, excluded = _without_excluded(rows, config.exclude_examples)
     task = _task(rows, labels, validation_file)
     available = len(rows)
     if config.max_examples is not None and task == Task.CLASSIFICATION:
@@ -189,7 +190,7 @@ def evaluate(
         "headline": name,
         "labels": labels if task == Task.CLASSIFICATION else None,
         "n_examples": len(rows),
-        "sample": _sample(rows, available, config.max_examples, task, labels),
+        "sample": _sample(rows, available, config.max_examples, task, labels, excluded),
         "definitions": DEFINITIONS
         if task == Task.CLASSIFICATION
         else {"intervals": DEFINITIONS["intervals"]},
@@ -374,15 +375,37 @@ def _per_example(task: Task, headline: str, gold: list[str], metrics: dict[str, 
     return per_example_scores(task, headline, gold, metrics["predictions"])
 
 
+def _without_excluded(rows: list[dict[str, Any]], exclude: Path | None) -> tuple[list[dict[str, Any]], int]:
+    """The rows whose `source` is not among `exclude`'s rows (`eval.exclude_examples`), and how many were left
+    out."""
+    if exclude is None:
+        return rows, 0
+    if not exclude.is_file():
+        raise EvalError(f"eval.exclude_examples: {exclude} does not exist; give a JSONL of prepared examples")
+    left_out = {r.get("source") for r in read_prepared(exclude)}
+    kept = [r for r in rows if r.get("source") not in left_out]
+    if not kept:
+        raise EvalError(
+            f"eval.exclude_examples ({exclude}) leaves out every one of the {len(rows)} examples; nothing is left "
+            "to evaluate on. Give a larger validation split, or exclude fewer examples."
+        )
+    return kept, len(rows) - len(kept)
+
+
 def _sample(
-    rows: list[dict[str, Any]], available: int, cap: int | None, task: Task, labels: list[str] | None
+    rows: list[dict[str, Any]],
+    available: int,
+    cap: int | None,
+    task: Task,
+    labels: list[str] | None,
+    excluded: int = 0,
 ) -> dict[str, Any]:
-    """Which examples were evaluated: all, or a sample (stratified by label for classification), and for
-    classification how many labels of the set they cover."""
+    """Which examples were evaluated: all, or a sample (stratified by label for classification), how many were
+    left out by `eval.exclude_examples` before it, and for classification how many labels of the set they cover."""
     method = "all" if cap is None or cap >= available else "stratified by label"
     if method != "all" and task != Task.CLASSIFICATION:
         method = "seeded random"
-    out: dict[str, Any] = {"method": method, "examples": len(rows), "of": available}
+    out: dict[str, Any] = {"method": method, "examples": len(rows), "of": available, "excluded": excluded}
     if task == Task.CLASSIFICATION and labels:
         out["labels_covered"] = len({r["label"] for r in rows} & set(labels))
         out["labels"] = len(labels)

@@ -181,11 +181,13 @@ def sample_line(report: dict[str, Any]) -> str | None:
         return None
     covered = sample.get("labels_covered")
     coverage = f", covering {covered} of {sample['labels']} labels" if covered is not None else ""
-    if sample["method"] == "all" and covered == sample.get("labels"):
+    excluded = sample.get("excluded", 0)
+    left_out = f" ({excluded} left out by eval.exclude_examples)" if excluded else ""
+    if sample["method"] == "all" and covered == sample.get("labels") and not excluded:
         return None
     if sample["method"] == "all":
-        return f"all {sample['examples']} examples{coverage}"
-    return f"{sample['examples']} of {sample['of']} examples, {sample['method']}{coverage}"
+        return f"all {sample['examples']} examples{left_out}{coverage}"
+    return f"{sample['examples']} of {sample['of']} examples{left_out}, {sample['method']}{coverage}"
 
 
 def collapse_lines(report: dict[str, Any]) -> list[str]:

@@ -188,8 +188,16 @@ def _comparison(tuned: Path | None, default: Path | None) -> list[str]:
             low, high = report["significance"]["intervals"].get(system, (None, None))
             cells.append("-" if m is None else f"{m[report['headline']]:.4f} ({low:.3f}-{high:.3f})")
         rows.append(cells)
+    excluded = (first.get("sample") or {}).get("excluded", 0)
+    where = (
+        f"the validation examples the trials were not ranked on ({first['n_examples']}; the {excluded} of the "
+        "search sample left out)"
+        if excluded
+        else f"the validation split ({first['n_examples']} examples, the search sample among them: the winner was "
+        "chosen on some of these)"
+    )
     parts = [
-        f"<h2>Tuned and default config on the validation split ({first['n_examples']} examples)</h2>",
+        f"<h2>Tuned and default config on {where}</h2>",
         _table(["system", *(f"{n} config: {first['headline']} (95% CI)" for n in reports)], rows),
     ]
     for name, report in reports.items():
