@@ -745,26 +745,27 @@ def load_config(path: Path | str | None, overrides: list[str] | None = None) -> 
         retrain.golden = _relative_to(
             retrain.golden, Path.cwd() if "monitor.retrain.golden" in typed else base_dir
         )
-    exclude = config.eval.exclude_examples
-    if exclude is not None:
-        exclude = config.eval.exclude_examples = _relative_to(
-            exclude, Path.cwd() if "eval.exclude_examples" in typed else base_dir
-        )
-        if not exclude.is_file():
-            raise ConfigError(
-                f"{source}: eval.exclude_examples: {exclude} does not exist; give a JSONL of prepared examples "
-                "(e.g. a study's search/validation_sample.jsonl), or remove the key"
-            )
-    documents = config.eval.rag_documents
-    if documents is not None:
-        documents = config.eval.rag_documents = _relative_to(
-            documents, Path.cwd() if "eval.rag_documents" in typed else base_dir
-        )
-        if not documents.is_dir():
-            raise ConfigError(
-                f"{source}: eval.rag_documents: {documents} is not a folder; give a folder of .txt or .md "
-                "documents, or remove the key to retrieve training examples"
-            )
+    for key, found, problem, fix in (
+        (
+            "exclude_examples",
+            Path.is_file,
+            "does not exist",
+            "give a JSONL of prepared examples (e.g. a study's search/validation_sample.jsonl), or remove the key",
+        ),
+        (
+            "rag_documents",
+            Path.is_dir,
+            "is not a folder",
+            "give a folder of .txt or .md documents, or remove the key to retrieve training examples",
+        ),
+    ):
+        path = getattr(config.eval, key)
+        if path is None:
+            continue
+        path = _relative_to(path, Path.cwd() if f"eval.{key}" in typed else base_dir)
+        setattr(config.eval, key, path)
+        if not found(path):
+            raise ConfigError(f"{source}: eval.{key}: {path} {problem}; {fix}")
     return config
 
 
