@@ -239,8 +239,9 @@ def evaluate_run(
     """Evaluate a finished run on a new file of examples (a test set, say) and record it in the registry.
 
     The file is read as the run read its own data (`data.format`, `columns`, label field and labels), so a
-    preference run is scored on pairs and a CSV run on CSV. Every configured system answers the file's examples; the result goes to `eval/<file stem>/report.json` and to
-    the registry as stage `eval:<file stem>`, next to the run's own validation results.
+    preference run is scored on pairs and a CSV run on CSV. Every configured system answers the file's examples;
+    the result goes to `eval/<file stem>/report.json` and to the registry as stage `eval:<file stem>`, next to the
+    run's own validation results.
 
     Args:
         run: a run id in the registry, or the path of a run directory.

@@ -130,12 +130,14 @@ def tune(
                 "data.max_train_examples or train.epochs in search:)"
             )
         name = study_config.name.removesuffix("-study")
-        final_config = _held_out(study_config, run_dir.root / "search" / SAMPLE_FILE, data.n_validation)
-        tuned_config = apply(final_config, best.params, name=f"{name}-tuned")
         best_config = write_best_config(
-            tuned_config, study, best.number, run_dir.root / "search" / "best.yaml"
+            apply(study_config, best.params, name=f"{name}-tuned"),
+            study,
+            best.number,
+            run_dir.root / "search" / "best.yaml",
         )
-        tuned = run(tuned_config, progress, parent_run=study)
+        final_config = _held_out(study_config, run_dir.root / "search" / SAMPLE_FILE, data.n_validation)
+        tuned = run(apply(final_config, best.params, name=f"{name}-tuned"), progress, parent_run=study)
         default = run(apply(final_config, {}, name=f"{name}-default"), progress, parent_run=study)
         curve = _learning_curve(final_config, best.params, tuned, name, study, progress)
         from specialize.search import write_study_report

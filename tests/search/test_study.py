@@ -58,6 +58,7 @@ def test_a_study_keeps_to_its_budget_then_trains_the_best_config_next_to_the_def
     assert best.train.learning_rate == winner.params["train.learning_rate"]
     assert best.train.lora.rank == winner.params["train.lora.rank"] and best.search is None
     assert load_resolved(tuned_dir / "config.resolved.yaml").train == best.train
+    assert best.eval.exclude_examples is None  # best.yaml names no file of the study's
     # the final runs are compared on the validation rows the trials were not ranked on: 6 of the 12
     sample = study_dir / "search" / "validation_sample.jsonl"
     for name in ("tiny-tuned", "tiny-default", "tiny-curve25"):
