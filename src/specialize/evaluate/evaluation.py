@@ -405,7 +405,9 @@ def _sample(
     method = "all" if cap is None or cap >= available else "stratified by label"
     if method != "all" and task != Task.CLASSIFICATION:
         method = "seeded random"
-    out: dict[str, Any] = {"method": method, "examples": len(rows), "of": available, "excluded": excluded}
+    out: dict[str, Any] = {"method": method, "examples": len(rows), "of": available}
+    if excluded:
+        out["excluded"] = excluded
     if task == Task.CLASSIFICATION and labels:
         out["labels_covered"] = len({r["label"] for r in rows} & set(labels))
         out["labels"] = len(labels)
