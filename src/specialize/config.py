@@ -759,13 +759,13 @@ def load_config(path: Path | str | None, overrides: list[str] | None = None) -> 
             "give a folder of .txt or .md documents, or remove the key to retrieve training examples",
         ),
     ):
-        path = getattr(config.eval, key)
-        if path is None:
+        given: Path | None = getattr(config.eval, key)
+        if given is None:
             continue
-        path = _relative_to(path, Path.cwd() if f"eval.{key}" in typed else base_dir)
-        setattr(config.eval, key, path)
-        if not found(path):
-            raise ConfigError(f"{source}: eval.{key}: {path} {problem}; {fix}")
+        resolved = _relative_to(given, Path.cwd() if f"eval.{key}" in typed else base_dir)
+        setattr(config.eval, key, resolved)
+        if not found(resolved):
+            raise ConfigError(f"{source}: eval.{key}: {resolved} {problem}; {fix}")
     return config
 
 

@@ -136,7 +136,9 @@ def tune(
             best.number,
             run_dir.root / "search" / "best.yaml",
         )
-        final_config = _held_out(study_config, run_dir.root / "search" / SAMPLE_FILE, data.n_validation)
+        final_config = _held_out(
+            study_config, run_dir.root / "search" / SAMPLE_FILE, searched.sample, data.n_validation
+        )
         tuned = run(apply(final_config, best.params, name=f"{name}-tuned"), progress, parent_run=study)
         default = run(apply(final_config, {}, name=f"{name}-default"), progress, parent_run=study)
         curve = _learning_curve(final_config, best.params, tuned, name, study, progress)
@@ -161,13 +163,12 @@ def tune(
     return TuneResult(study, run_dir, searched, best_config, tuned, default, curve, report)
 
 
-def _held_out(config: RunConfig, sample: Path, n_validation: int) -> RunConfig:
+def _held_out(config: RunConfig, sample: Path, sampled: int, n_validation: int) -> RunConfig:
     """The config of the study's final runs: evaluated on the validation rows outside the sample the trials were
     ranked on. The winner was chosen for its score on those rows, so a comparison drawn from them would flatter it
     (on banking77 the tuned config led the default by 0.085 macro-F1 there and trailed it by 0.012 on the rest).
     Where the sample holds the whole split there is nothing else to compare on; the report then says so."""
-    held = sum(1 for line in sample.read_text(encoding="utf-8").splitlines() if line.strip())
-    if held >= n_validation:
+    if sampled >= n_validation:
         log.warning(
             "the search sample holds all %d validation examples: the tuned and default runs are compared on the "
             "examples that chose the winner; give --sample fewer than the split for a held-out comparison",

@@ -114,9 +114,8 @@ class Engine:
         self._waiting: list[Request] = []
         self._adapters: OrderedDict[str, str] = OrderedDict()  # adapter id -> PEFT adapter name, LRU order
         self._names = 0
-        self._batch = DecodeBatch(
-            self.model, tokenizer.pad_token_id, mixed=True
-        )  # set again per batch (DoRA)
+        # Rows of different adapters share a pass; `mixed` is set again per batch, off where DoRA is among them.
+        self._batch = DecodeBatch(self.model, tokenizer.pad_token_id, mixed=True)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="specialize-engine", daemon=True)
         self.stats = {"steps": 0, "generated_tokens": 0, "rows": 0}
