@@ -750,7 +750,7 @@ def load_config(path: Path | str | None, overrides: list[str] | None = None) -> 
             "exclude_examples",
             Path.is_file,
             "does not exist",
-            "give a JSONL of prepared examples (e.g. a study's search/validation_sample.jsonl), or remove the key",
+            "give a JSONL of prepared examples (e.g. a study's search/objective_sample.jsonl), or remove the key",
         ),
         (
             "rag_documents",

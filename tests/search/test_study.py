@@ -60,7 +60,7 @@ def test_a_study_keeps_to_its_budget_then_trains_the_best_config_next_to_the_def
     assert load_resolved(tuned_dir / "config.resolved.yaml").train == best.train
     assert best.eval.exclude_examples is None  # best.yaml names no file of the study's
     # the final runs are compared on the validation rows the trials were not ranked on: 6 of the 12
-    sample = study_dir / "search" / "validation_sample.jsonl"
+    sample = study_dir / "search" / "objective_sample.jsonl"
     for name in ("tiny-tuned", "tiny-default", "tiny-curve25"):
         run_dir = config.runs_dir / children[name]["id"]
         assert load_resolved(run_dir / "config.resolved.yaml").eval.exclude_examples == sample
@@ -144,3 +144,46 @@ def test_a_trial_that_cannot_train_fails_alone_and_the_study_goes_on(
     assert all(t.user_attrs["reason"].startswith("ResourceError") for t in failed)
     assert all(registry.get_run(t.user_attrs["run"])["status"] == "failed" for t in failed)
     assert any(t.state.name == "COMPLETE" for t in trials)
+
+
+def test_a_study_can_rank_trials_on_unused_training_rows_and_keep_the_whole_validation_split_for_the_winner(
+    tmp_path, tiny_model_dir, capsys
+):
+    # 48 training rows, 24 trained on: the other 24 passed every check, and the search is scored on 6 of them.
+    path = study_config(tmp_path, tiny_model_dir, data={"max_train_examples": 24})
+    config = load_config(path)
+    args = ["--quiet", "tune", str(path), "--budget", "2m", "--trials", "2", "--sample", "6"]
+    assert main([*args, "--sample-from", "unused-train"]) == 0
+    out = capsys.readouterr().out
+
+    registry = Registry(config.registry_url)
+    study = the_study(registry)
+    study_dir = config.runs_dir / study["id"]
+    sample = [yaml.safe_load(line) for line in (study_dir / "search" / "objective_sample.jsonl").open()]
+    trained = {yaml.safe_load(line)["source"] for line in (study_dir / "data" / "train.jsonl").open()}
+    assert len(sample) == 6 and len({r["source"] for r in sample}) == 6
+    assert all(r["source"].startswith(str(tmp_path / "data" / "train.jsonl")) for r in sample)
+    assert not trained & {r["source"] for r in sample}, "no row of the objective was trained on"
+    assert all("kind" not in r and "reason" not in r for r in sample), "prepared rows, not reject records"
+
+    children = {r["name"]: r for r in registry.list_runs(parent_run=study["id"])}
+    for name in ("tiny-tuned", "tiny-default"):
+        run_dir = config.runs_dir / children[name]["id"]
+        assert load_resolved(run_dir / "config.resolved.yaml").eval.exclude_examples is None
+        report = yaml.safe_load((run_dir / "eval" / "report.json").read_text())
+        assert report["n_examples"] == config.eval.max_examples and "excluded" not in report["sample"]
+    assert "left out by eval.exclude_examples" not in out
+    html = (study_dir / "search" / "report.html").read_text()
+    assert "training examples left out by the data caps" in html
+    assert (
+        "<h2>Tuned and default config on the validation split (8 examples; the trials were ranked on" in html
+    )
+
+    # Without a cap there is nothing left out to score on: a one-line error naming the keys to set.
+    capsys.readouterr()
+    assert main(["tune", str(study_config(tmp_path / "uncapped", tiny_model_dir)), "--budget", "1m",
+                 "--sample-from", "unused-train"]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert (
+        err.startswith("error: --sample-from unused-train: no training row was left out") and "\n" not in err
+    )

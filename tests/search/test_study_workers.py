@@ -89,7 +89,7 @@ def test_a_machine_without_the_study_directory_joins_through_postgresql(
     root = load_config(path).runs_dir / study["id"]
     digests = {
         name: hashlib.sha256((root / name).read_bytes()).hexdigest()
-        for name in ("data/train.jsonl", "search/validation_sample.jsonl")
+        for name in ("data/train.jsonl", "search/objective_sample.jsonl")
     }
     shutil.rmtree(root)
 

@@ -53,6 +53,7 @@ def tune(
     search_only: bool,
     eval_every: int | None,
     sample: int | None,
+    sample_from: str,
     progress: bool,
 ) -> int:
     from specialize.config import load_config
@@ -90,6 +91,7 @@ def tune(
         resume=resume,
         eval_every=eval_every,
         sample=sample,
+        sample_from=sample_from,
         search_only=search_only,
         progress=progress,
     )

@@ -75,7 +75,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     tune.add_argument("--eval-every", type=int, metavar="N", help="training examples between evaluations")
     tune.add_argument(
-        "--sample", type=int, metavar="N", help="validation examples the objective is scored on"
+        "--sample",
+        type=int,
+        metavar="N",
+        help="examples the objective is scored on (default 200; 64 for generation)",
+    )
+    tune.add_argument(
+        "--sample-from",
+        choices=("validation", "unused-train"),
+        default="validation",
+        help="where those examples come from: validation rows (the final comparison then leaves them out), or "
+        "training rows data.max_train_examples / data.max_per_label left out (the whole validation split stays "
+        "for the final comparison)",
     )
     tune.add_argument(
         "--set",
@@ -401,6 +412,7 @@ def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
             search_only=args.search_only,
             eval_every=args.eval_every,
             sample=args.sample,
+            sample_from=args.sample_from,
             progress=not args.quiet,
         )
     if args.command == "train":

@@ -102,7 +102,8 @@ def write_study_report(
         "metric": result.metric,
         "direction": "maximize" if result.maximize else "minimize",
         "eval_every_examples": result.eval_every,
-        "validation_sample": result.sample,
+        "objective_sample": result.sample,
+        "objective_sample_from": result.sample_from,
         "best_trial": result.best.number if result.best else None,
         "best_params": result.best.params if result.best else None,
         "best_config": str(best_config) if best_config else None,
@@ -114,11 +115,16 @@ def write_study_report(
     write_atomic(out / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False))
     done = sum(t.state == "completed" for t in result.trials)
     pruned = sum(t.state == "pruned" for t in result.trials)
+    rows_of = (
+        "validation examples"
+        if result.sample_from == "validation"
+        else "training examples left out by the data caps (never trained on)"
+    )
     parts = [
         f"<h1>Hyperparameter study {html.escape(result.study)}</h1>",
         f"<p>{len(result.trials)} trials: {done} completed, {pruned} pruned. Objective: {result.metric} "
-        f"({'higher' if result.maximize else 'lower'} is better) on a seeded sample of {result.sample} validation "
-        f"examples (stratified by label for classification; labels and choices read under eval.scoring), evaluated every {result.eval_every} training examples; successive-halving pruning.</p>",
+        f"({'higher' if result.maximize else 'lower'} is better) on a seeded sample of {result.sample} {rows_of} "
+        f"(stratified by label for classification; labels and choices read under eval.scoring), evaluated every {result.eval_every} training examples; successive-halving pruning.</p>",
         "<h2>Trials</h2>",
         _table(header, rows),
     ]
@@ -134,7 +140,7 @@ def write_study_report(
         parts += ["<h2>Parameter importances</h2>", _img(_importance_plot(importances))]
     else:
         parts.append("<p>Parameter importances need at least two completed trials that differ.</p>")
-    parts += _comparison(tuned, default)
+    parts += _comparison(tuned, default, result.sample_from)
     if curve:
         parts += [
             "<h2>Learning curve: would more data help?</h2>",
@@ -167,7 +173,7 @@ def write_study_report(
     return path
 
 
-def _comparison(tuned: Path | None, default: Path | None) -> list[str]:
+def _comparison(tuned: Path | None, default: Path | None, sample_from: str) -> list[str]:
     """The tuned and the default config's full runs, each system with its interval, and each one's paired test."""
     from specialize.evaluate.report import paired_test_line, system_name
 
@@ -189,13 +195,20 @@ def _comparison(tuned: Path | None, default: Path | None) -> list[str]:
             cells.append("-" if m is None else f"{m[report['headline']]:.4f} ({low:.3f}-{high:.3f})")
         rows.append(cells)
     excluded = (first.get("sample") or {}).get("excluded", 0)
-    where = (
-        f"the validation examples the trials were not ranked on ({first['n_examples']}; the {excluded} of the "
-        "search sample left out)"
-        if excluded
-        else f"the validation split ({first['n_examples']} examples, the search sample among them: the winner was "
-        "chosen on some of these)"
-    )
+    if sample_from != "validation":
+        where = (
+            f"the validation split ({first['n_examples']} examples; the trials were ranked on training rows)"
+        )
+    elif excluded:
+        where = (
+            f"the validation examples the trials were not ranked on ({first['n_examples']}; the {excluded} of the "
+            "search sample left out)"
+        )
+    else:
+        where = (
+            f"the validation split ({first['n_examples']} examples, the search sample among them: the winner was "
+            "chosen on some of these)"
+        )
     parts = [
         f"<h2>Tuned and default config on {where}</h2>",
         _table(["system", *(f"{n} config: {first['headline']} (95% CI)" for n in reports)], rows),

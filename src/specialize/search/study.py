@@ -1,8 +1,8 @@
 """The search stage: an Optuna study over the `search:` space, in the registry's database, within a wall-time
 budget; its trials are runs whose parent is the study.
 
-Reads the study run's prepared data (`data/`), writes `search/validation_sample.jsonl` (the rows every trial is
-scored on) and the trials' runs under `trials/`. `search_hyperparameters` starts or continues the study, runs
+Reads the study run's prepared data (`data/`), writes `search/objective_sample.jsonl` (the rows every trial is
+scored on: validation rows, or training rows the data caps left out) and the trials' runs under `trials/`. `search_hyperparameters` starts or continues the study, runs
 `workers` worker processes (`worker.py`) until the deadline or the number of trials, and returns every trial.
 """
 
@@ -17,6 +17,7 @@ from typing import Any
 
 from specialize.config import RunConfig
 from specialize.data import PreparedData, read_prepared
+from specialize.data.audit import SAMPLED_OUT
 from specialize.data.split import seeded_sample
 from specialize.errors import ConfigError
 from specialize.evaluate.sampling import stratified_sample
@@ -27,6 +28,7 @@ from specialize.search.worker import SAMPLE_FILE, StudyJob, recover_lost_trials,
 log = logging.getLogger(__name__)
 
 EVALUATIONS_PER_EPOCH = 4  # default evaluation interval: a quarter of the training split
+SAMPLE_SOURCES = ("validation", "unused-train")  # where the rows the trials are scored on come from
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class StudyResult:
     trials: list[TrialRow]
     eval_every: int
     sample: int
+    sample_from: str = "validation"  # one of SAMPLE_SOURCES
 
     @property
     def best(self) -> TrialRow | None:
@@ -76,6 +79,7 @@ def search_hyperparameters(
     resume: bool = False,
     eval_every: int | None = None,
     sample: int | None = None,
+    sample_from: str = "validation",
     progress: bool = False,
 ) -> StudyResult:
     """Start (or continue) the study `study` and run trials until the budget or the number of trials is spent.
@@ -94,6 +98,8 @@ def search_hyperparameters(
         eval_every: training examples between a trial's evaluations (default: a quarter of the training split).
         sample: validation examples the objective is computed on (default 200; 64 for generation), stratified
             by label for classification.
+        sample_from: "validation", or "unused-train": training rows that data.max_train_examples or
+            data.max_per_label left out, so the whole validation split stays unseen by the search.
         progress: show the training progress bar of this process's trials.
 
     Raises:
@@ -119,11 +125,13 @@ def search_hyperparameters(
         if max_trials is None:
             max_trials = attrs.get("max_trials")
         if not (search_dir / SAMPLE_FILE).exists():  # a study directory made again on another machine
-            write_sample(search_dir, data, int(attrs["sample"]), config.seed)
+            write_sample(
+                search_dir, data, int(attrs["sample"]), config.seed, attrs.get("sample_from", "validation")
+            )
     else:
         task = task_of(read_prepared(data.validation_path), data.labels)
         size = sample or (GENERATION_SAMPLE if task == "generation" else SAMPLE)
-        chosen = write_sample(search_dir, data, size, config.seed)
+        chosen = write_sample(search_dir, data, size, config.seed, sample_from)
         name, maximize = headline(task, chosen)
         opened = optuna.create_study(
             study_name=study, storage=storage_for(storage), direction="maximize" if maximize else "minimize"
@@ -133,6 +141,7 @@ def search_hyperparameters(
             "metric": name,
             "eval_every": eval_every or max(1, data.n_train // EVALUATIONS_PER_EPOCH),
             "sample": len(chosen),
+            "sample_from": sample_from,
         }
         for key, value in attrs.items():
             opened.set_user_attr(key, value)
@@ -155,17 +164,55 @@ def search_hyperparameters(
     return study_result(study, storage)
 
 
-def write_sample(search_dir: Path, data: PreparedData, size: int, seed: int) -> list[dict[str, Any]]:
-    """The validation rows every trial is scored on: a seeded sample, the same wherever it is drawn; for
-    classification stratified by label as the evaluation's `eval.max_examples` sample is, so that 100 rows of a
-    77-label split cover as many of its labels as they can rather than as many as luck gives."""
-    rows = read_prepared(data.validation_path)
+def write_sample(
+    search_dir: Path, data: PreparedData, size: int, seed: int, sample_from: str = "validation"
+) -> list[dict[str, Any]]:
+    """The rows every trial is scored on: a seeded sample, the same wherever it is drawn; for classification
+    stratified by label as the evaluation's `eval.max_examples` sample is, so that 100 rows of a 77-label split
+    cover as many of its labels as they can rather than as many as luck gives.
+
+    Raises:
+        ConfigError: `unused-train` where the data caps left no training row out.
+    """
+    rows = read_prepared(data.validation_path) if sample_from == "validation" else unused_train_rows(data)
     if task_of(rows, data.labels) == "classification":
         chosen = stratified_sample(rows, [r.get("label") for r in rows], size, seed)
     else:
         chosen = seeded_sample(rows, size, seed)
+    if sample_from != "validation":
+        _note_coverage(chosen, read_prepared(data.validation_path))
     write_atomic(search_dir / SAMPLE_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in chosen))
     return chosen
+
+
+def unused_train_rows(data: PreparedData) -> list[dict[str, Any]]:
+    """Training rows that passed every check but were left out by `data.max_train_examples` or
+    `data.max_per_label`: prepared like the rest, never trained on, and not validation rows, so a search scored on
+    them leaves the whole validation split to judge the winner (a small split need not be cut in two)."""
+    rows = [
+        {k: v for k, v in r.items() if k not in ("split", "kind", "reason")}
+        for r in read_prepared(data.directory / "rejects.jsonl")
+        if r.get("split") == "train" and r.get("kind") in SAMPLED_OUT
+    ]
+    if not rows:
+        raise ConfigError(
+            "--sample-from unused-train: no training row was left out by data.max_train_examples or "
+            "data.max_per_label; set one of them below the training split, or score on --sample-from validation"
+        )
+    return rows
+
+
+def _note_coverage(chosen: list[dict[str, Any]], validation: list[dict[str, Any]]) -> None:
+    """Say so when the left-out training rows miss labels the validation split has: the caps keep every row of a
+    rare label for training, and the objective then cannot reward getting that label right."""
+    missing = {r.get("label") for r in validation} - {r.get("label") for r in chosen} - {None}
+    if missing:
+        log.warning(
+            "the search sample (training rows the data caps left out) has no example of %d validation label(s): %s; "
+            "the objective cannot reward them",
+            len(missing),
+            ", ".join(sorted(map(str, missing))),
+        )
 
 
 def _run_workers(job: StudyJob, workers: int, progress: bool) -> None:
@@ -235,6 +282,7 @@ def study_result(study: str, storage: str) -> StudyResult:
         rows,
         int(u["eval_every"]),
         int(u["sample"]),
+        u.get("sample_from", "validation"),
     )
 
 

@@ -40,9 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SAMPLE_FILE = (
-    "validation_sample.jsonl"  # in the study's search/ folder: the rows the objective is computed on
-)
+SAMPLE_FILE = "objective_sample.jsonl"  # in the study's search/ folder: the rows the objective is computed on
 HEARTBEAT_SECONDS = 20  # a trial's worker writes a heartbeat this often...
 GRACE_SECONDS = 90  # ...and a trial without one for this long lost its worker (another machine's, say)
 MAX_NOT_STARTED = 3  # trials in a row too long for the time left, after which a worker stops
