@@ -2,8 +2,9 @@
 budget; its trials are runs whose parent is the study.
 
 Reads the study run's prepared data (`data/`), writes `search/objective_sample.jsonl` (the rows every trial is
-scored on: validation rows, or training rows the data caps left out) and the trials' runs under `trials/`. `search_hyperparameters` starts or continues the study, runs
-`workers` worker processes (`worker.py`) until the deadline or the number of trials, and returns every trial.
+scored on: validation rows, or training rows the data caps left out) and the trials' runs under `trials/`.
+`search_hyperparameters` starts or continues the study, runs `workers` worker processes (`worker.py`) until the
+deadline or the number of trials, and returns every trial.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from specialize.search.worker import SAMPLE_FILE, StudyJob, recover_lost_trials,
 log = logging.getLogger(__name__)
 
 EVALUATIONS_PER_EPOCH = 4  # default evaluation interval: a quarter of the training split
-SAMPLE_SOURCES = ("validation", "unused-train")  # where the rows the trials are scored on come from
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class StudyResult:
     trials: list[TrialRow]
     eval_every: int
     sample: int
-    sample_from: str = "validation"  # one of SAMPLE_SOURCES
+    sample_from: str = "validation"  # or "unused-train": where the objective's rows come from
 
     @property
     def best(self) -> TrialRow | None:
@@ -96,8 +96,8 @@ def search_hyperparameters(
         workers: worker processes on this machine, each with its own copy of the model.
         resume: continue the existing study instead of creating it.
         eval_every: training examples between a trial's evaluations (default: a quarter of the training split).
-        sample: validation examples the objective is computed on (default 200; 64 for generation), stratified
-            by label for classification.
+        sample: examples the objective is computed on (default 200; 64 for generation), stratified by label for
+            classification.
         sample_from: "validation", or "unused-train": training rows that data.max_train_examples or
             data.max_per_label left out, so the whole validation split stays unseen by the search.
         progress: show the training progress bar of this process's trials.
