@@ -65,6 +65,17 @@ def isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[p
         yield home
 
 
+@pytest.fixture(autouse=True)
+def fresh_answer_memo(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> pathlib.Path:
+    """No base-model answers kept from another test (`evaluate.memo`): each test evaluates as on a new machine,
+    and one that evaluates twice sees its own first run kept."""
+    answers = tmp_path_factory.mktemp("answers")
+    monkeypatch.setenv("SPECIALIZE_ANSWERS", str(answers))
+    return answers
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """A tiny Llama chat model with a ChatML tokenizer, built once per session."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 
 import pytest
 import torch
@@ -247,3 +248,40 @@ def test_excluded_examples_are_left_out_by_source_and_the_report_counts_them(
     everything = write_jsonl(tmp_path / "all.jsonl", rows)
     with pytest.raises(EvalError, match="leaves out every one of the 5 examples"):
         _evaluate(tiny_model_dir, splits, tmp_path, systems=["base_zero_shot"], exclude_examples=everything)
+
+
+def test_a_base_systems_answers_are_kept_for_the_next_run_that_asks_the_same_model_the_same_questions(
+    tiny_model_dir, splits, tmp_path
+):
+    systems = ["base_zero_shot", "base_few_shot"]
+    first = _report(_evaluate(tiny_model_dir, splits, tmp_path / "a", systems=systems, free_answers=True))
+    again = _report(_evaluate(tiny_model_dir, splits, tmp_path / "b", systems=systems, free_answers=True))
+    assert first["answers_kept_from_earlier_runs"] == []
+    assert again["answers_kept_from_earlier_runs"] == systems
+    # exactly what computing them again gives: label scores to the last digit, every variant, free answers
+    assert again["systems"] == first["systems"] and again["scoring"] == first["scoring"]
+    assert again["significance"] == first["significance"]
+
+    # other few-shot prompts are other questions; the zero-shot prompts are unchanged
+    other = _report(_evaluate(tiny_model_dir, splits, tmp_path / "c", systems=systems, few_shot_k=2))
+    assert other["answers_kept_from_earlier_runs"] == ["base_zero_shot"]
+
+    # another model directory (here a copy: its files' times differ) is another model
+    copy = tmp_path / "model-copy"
+    shutil.copytree(tiny_model_dir, copy)
+    fresh = _report(_evaluate(copy, splits, tmp_path / "d", systems=systems, free_answers=True))
+    assert fresh["answers_kept_from_earlier_runs"] == [] and fresh["systems"] == first["systems"]
+
+
+def test_kept_generations_are_the_generations(tiny_model_dir, tmp_path):
+    rows = [chat_row(f"What is {i} plus {i}?", f"{i} + {i} = {2 * i}\n#### {2 * i}") for i in range(1, 7)]
+    splits = (
+        write_jsonl(tmp_path / "train.jsonl", _prepared(rows[:4])),
+        write_jsonl(tmp_path / "validation.jsonl", _prepared(rows[4:])),
+    )
+    reports = [
+        _report(_evaluate(tiny_model_dir, splits, tmp_path / name, labels=None, systems=["base_zero_shot"]))
+        for name in ("a", "b")
+    ]
+    assert [r["answers_kept_from_earlier_runs"] for r in reports] == [[], ["base_zero_shot"]]
+    assert reports[0]["systems"] == reports[1]["systems"]

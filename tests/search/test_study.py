@@ -67,6 +67,14 @@ def test_a_study_keeps_to_its_budget_then_trains_the_best_config_next_to_the_def
         report = yaml.safe_load((run_dir / "eval" / "report.json").read_text())
         assert report["n_examples"] == 6 and report["sample"]["excluded"] == 6
     assert "(6 left out by eval.exclude_examples)" in out
+    # the default run asks the base model what the tuned run asked it: those answers are kept, not recomputed
+    kept = {
+        name: yaml.safe_load((config.runs_dir / children[name]["id"] / "eval" / "report.json").read_text())[
+            "answers_kept_from_earlier_runs"
+        ]
+        for name in ("tiny-tuned", "tiny-default")
+    }
+    assert kept == {"tiny-tuned": [], "tiny-default": ["base_zero_shot", "base_few_shot", "base_rag"]}
     html = (study_dir / "search" / "report.html").read_text()
     for section in (
         "Trials",

@@ -78,15 +78,20 @@ class LabelScores:
         """The label ranked first after each prompt; ties go to the earlier label, as `max` over a list does."""
         return [self.labels[i] for i in self.adjusted(scoring).argmax(1)]
 
-    def to_json(self) -> dict[str, Any]:
-        """The scores as `report.json` keeps them, so every variant can be recomputed without a model."""
+    def to_json(self, exact: bool = False) -> dict[str, Any]:
+        """The scores as `report.json` keeps them (4 decimals), so every variant can be recomputed without a
+        model; `exact` keeps every digit (answers kept for later runs score as if computed again)."""
+
+        def digits(x: np.ndarray) -> list[Any]:
+            return (x if exact else np.round(x, 4)).tolist()
+
         return {
             "labels": self.labels,
             "rows": self.rows,
-            "questions": np.round(self.questions, 4).tolist(),
+            "questions": digits(self.questions),
             "lengths": self.lengths.tolist(),
-            "content_free": np.round(self.content_free, 4).tolist(),
-            "bare": np.round(self.bare, 4).tolist(),
+            "content_free": digits(self.content_free),
+            "bare": digits(self.bare),
         }
 
     @classmethod

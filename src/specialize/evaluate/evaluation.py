@@ -34,6 +34,7 @@ from specialize.data.split import seeded_sample
 from specialize.errors import EvalError
 from specialize.evaluate.answers import EVAL_BATCH, GENERATE_BATCH, gold_answer
 from specialize.evaluate.calibration import BEST, LabelScores, Scoring, choose, score_variants
+from specialize.evaluate.memo import AnswerMemo
 from specialize.evaluate.prompts import SystemPrompts
 from specialize.evaluate.sampling import stratified_sample
 from specialize.evaluate.systems import SYSTEMS, Prompting, System, Task
@@ -199,6 +200,7 @@ def evaluate(
         "scoring": runner.scoring_section(gold) if task.scores_labels else None,
         "significance": significance,
         "overfitting": overfitting(train_dir) if train_dir is not None else None,
+        "answers_kept_from_earlier_runs": runner.reused,
     }
     path = out_dir / "report.json"
     write_atomic(path, json.dumps(report, indent=2, ensure_ascii=False))
@@ -242,6 +244,8 @@ class _Runner:
         elif adapter_path is not None:
             self.tuned = for_inference(load_model(adapter_path)[0])
         self.model = for_inference(model)  # a CUDA GPU in bfloat16 where there is one
+        self.memo = AnswerMemo(model_path, self.model)
+        self.reused: list[str] = []  # base systems whose model outputs an earlier run kept
         self.context = getattr(model.config, "max_position_embeddings", 2048)
         self.config, self.rows, self.task, self.labels, self.seed = config, rows, task, labels, seed
         self.progress = progress
@@ -289,14 +293,36 @@ class _Runner:
         with self.weights(system) as model:
             if self.task.scores_labels:
                 question_free = self.prompts.question_free(system.prompting)
-                self.scores[system.name] = score_label_sets(
-                    model, self.tokenizer, self.rows, prompts, question_free, self.labels, bar.update
+                self.scores[system.name] = self._kept(
+                    system,
+                    "label-scores",
+                    [prompts, question_free, self.labels, self.rows],
+                    lambda: score_label_sets(
+                        model, self.tokenizer, self.rows, prompts, question_free, self.labels, bar.update
+                    ),
+                    lambda groups: [g.to_json(exact=True) for g in groups],
+                    lambda doc: [LabelScores.from_json(g) for g in doc],
                 )
                 result = self._variants(system.name)
             else:
-                result = answer_freely(model, self.tokenizer, self.rows, prompts, self.task, bar.update)
-            if self.config.free_answers and self.task == Task.CLASSIFICATION and self.labels:
-                result.update(free_answers(model, self.tokenizer, self.rows, prompts, self.labels))
+                result = self._kept(
+                    system,
+                    "answers",
+                    [prompts, self.rows, str(self.task)],
+                    lambda: answer_freely(model, self.tokenizer, self.rows, prompts, self.task, bar.update),
+                )
+            labels = self.labels
+            if self.config.free_answers and self.task == Task.CLASSIFICATION and labels:
+                result.update(
+                    self._kept(
+                        system,
+                        "free-answers",
+                        [prompts, self.rows, labels],
+                        lambda: free_answers(model, self.tokenizer, self.rows, prompts, labels),
+                    )
+                )
+            if system.name in self.reused:
+                bar.update(len(prompts))
             if self.reward is not None:
                 result.update(
                     rewarded(model, self.tokenizer, self.rows, prompts, self.task, result, self.reward)
@@ -307,6 +333,24 @@ class _Runner:
 
             result["reward_interval"] = interval(resampled_scores(None, result["rewards"], None, self.seed))
         return result
+
+    def _kept(
+        self,
+        system: System,
+        what: str,
+        inputs: Any,
+        compute: Callable[[], Any],
+        encode: Callable[[Any], Any] = lambda value: value,
+        decode: Callable[[Any], Any] = lambda doc: doc,
+    ) -> Any:
+        """`compute()`, or for a base system the output an earlier run with the same model and inputs kept."""
+        if system.fine_tuned:
+            return compute()
+        value, reused = self.memo.get(what, inputs, compute, encode, decode)
+        if reused and system.name not in self.reused:
+            log.info("%s: the base model's outputs kept by an earlier run with the same prompts", system.name)
+            self.reused.append(system.name)
+        return value
 
     def reuse(self, system: str, same: str) -> None:
         if same in self.scores:

@@ -208,6 +208,11 @@ def findings(report: dict[str, Any]) -> list[str]:
     lines = [line for line in (sample_line(report), _scoring_line(report), paired_test_line(report)) if line]
     lines += collapse_lines(report)
     lines += [line for line in (describe(report.get("overfitting")), report.get("note")) if line]
+    if report.get("answers_kept_from_earlier_runs"):
+        kept = ", ".join(system_name(s) for s in report["answers_kept_from_earlier_runs"])
+        lines.append(
+            f"{kept}: answers kept by an earlier run with the same base model and prompts, not recomputed"
+        )
     if report["task"] == "classification":
         lines.append(
             "macro averages: over the labels in the gold answers or predictions of the examples evaluated "
