@@ -161,7 +161,9 @@ def tune(
         registry.add_artifact(study, "best_config", best_config)
     except BaseException as exc:
         what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        registry.finish_run(study, "failed", error=f"{what}; continue with specialize tune --resume {study}")
+        # A config error names its own fix, which continuing the same study would not apply.
+        hint = "" if isinstance(exc, ConfigError) else f"; continue with specialize tune --resume {study}"
+        registry.finish_run(study, "failed", error=what + hint)
         raise
     registry.finish_run(study, "completed")
     return TuneResult(study, run_dir, searched, best_config, tuned, default, curve, report)

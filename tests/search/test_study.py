@@ -187,11 +187,15 @@ def test_a_study_can_rank_trials_on_unused_training_rows_and_keep_the_whole_vali
         "<h2>Tuned and default config on the validation split (8 examples; the trials were ranked on" in html
     )
 
-    # Without a cap there is nothing left out to score on: a one-line error naming the keys to set.
+    # Without a cap there is nothing left out to score on: a one-line error naming the keys to set, recorded on
+    # the failed study without the advice to resume it, which would not help.
     capsys.readouterr()
-    assert main(["tune", str(study_config(tmp_path / "uncapped", tiny_model_dir)), "--budget", "1m",
+    uncapped = load_config(study_config(tmp_path / "uncapped", tiny_model_dir))
+    assert main(["tune", str(tmp_path / "uncapped" / "run.yaml"), "--budget", "1m",
                  "--sample-from", "unused-train"]) == 2  # fmt: skip
     err = capsys.readouterr().err.strip()
     assert (
         err.startswith("error: --sample-from unused-train: no training row was left out") and "\n" not in err
     )
+    [failed] = Registry(uncapped.registry_url).list_runs()
+    assert failed["status"] == "failed" and "--resume" not in failed["error"]
