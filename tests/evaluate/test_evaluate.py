@@ -285,3 +285,16 @@ def test_kept_generations_are_the_generations(tiny_model_dir, tmp_path):
     ]
     assert [r["answers_kept_from_earlier_runs"] for r in reports] == [[], ["base_zero_shot"]]
     assert reports[0]["systems"] == reports[1]["systems"]
+
+
+def test_a_kept_answer_file_that_cannot_be_read_is_computed_again(
+    tiny_model_dir, splits, tmp_path, fresh_answer_memo
+):
+    first = _report(_evaluate(tiny_model_dir, splits, tmp_path / "a", systems=["base_zero_shot"]))
+    kept = list(fresh_answer_memo.iterdir())
+    assert kept, "the first evaluation kept the base system's label scores"
+    for path in kept:
+        path.write_text('{"labels": ["bill', encoding="utf-8")  # cut short, as by a full disk
+    again = _report(_evaluate(tiny_model_dir, splits, tmp_path / "b", systems=["base_zero_shot"]))
+    assert again["answers_kept_from_earlier_runs"] == [] and again["systems"] == first["systems"]
+    assert all(json.loads(path.read_text(encoding="utf-8")) for path in kept), "written again, whole"
