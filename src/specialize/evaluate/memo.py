@@ -30,11 +30,12 @@ T = TypeVar("T")
 
 
 def answers_dir() -> Path:
-    """`$SPECIALIZE_ANSWERS`, else `$SPECIALIZE_HOME/answers`, default `~/.cache/specialize/answers`."""
+    """`$SPECIALIZE_ANSWERS`, else `answers/` beside the model cache (`$SPECIALIZE_HOME`)."""
+    from specialize.models import cache_dir
+
     if os.environ.get("SPECIALIZE_ANSWERS"):
         return Path(os.environ["SPECIALIZE_ANSWERS"])
-    home = os.environ.get("SPECIALIZE_HOME") or Path.home() / ".cache" / "specialize"
-    return Path(home) / "answers"
+    return cache_dir().parent / "answers"
 
 
 @functools.cache
