@@ -40,6 +40,7 @@ class TuneResult:
     default: RunResult | None = None
     curve: tuple[CurvePoint, ...] = ()
     report: Path | None = None
+    verdict: dict[str, Any] | None = None  # `search.verdict`: did the search help, and what to use
 
 
 CURVE_SHARES = (0.25, 0.5)  # of the tuned run's training examples; its own run is the 100% point
@@ -146,8 +147,14 @@ def tune(
         tuned = run(apply(final_config, best.params, name=f"{name}-tuned"), progress, parent_run=study)
         default = run(apply(final_config, {}, name=f"{name}-default"), progress, parent_run=study)
         curve = _learning_curve(final_config, best.params, tuned, name, study, progress)
-        from specialize.search import write_study_report
+        from specialize.search import study_verdict, write_study_report
 
+        verdict = study_verdict(
+            json.loads(tuned.eval.report_path.read_text(encoding="utf-8")),
+            json.loads(default.eval.report_path.read_text(encoding="utf-8")),
+            study_config.seed,
+            chose_winner=final_config.eval.exclude_examples is None and searched.sample_from == "validation",
+        )
         report = write_study_report(
             run_dir.root,
             study_result(study, study_config.registry_url),
@@ -156,6 +163,7 @@ def tune(
             tuned.eval.report_path,
             default.eval.report_path,
             list(curve),
+            verdict,
         )
         registry.add_artifact(study, "report", report)
         registry.add_artifact(study, "best_config", best_config)
@@ -166,7 +174,7 @@ def tune(
         registry.finish_run(study, "failed", error=what + hint)
         raise
     registry.finish_run(study, "completed")
-    return TuneResult(study, run_dir, searched, best_config, tuned, default, curve, report)
+    return TuneResult(study, run_dir, searched, best_config, tuned, default, curve, report, verdict)
 
 
 def _held_out(config: RunConfig, sample: Path, searched: StudyResult, n_validation: int) -> RunConfig:

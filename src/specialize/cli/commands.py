@@ -104,6 +104,10 @@ def tune(
         report = json.loads(run_result.eval.report_path.read_text(encoding="utf-8"))
         print(f"\n{title}, run {run_result.run_id}: {report['n_examples']} validation examples")
         print(comparison_text(report))
+    if result.verdict:
+        print("\nverdict:")
+        for line in result.verdict["lines"]:
+            print(f"- {line}")
     print("\nlearning curve (fine-tuned, validation):")
     print(
         _table(

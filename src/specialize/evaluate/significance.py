@@ -65,15 +65,34 @@ def compare_systems(
     others = [s for s in scores if not (s in SYSTEMS and SYSTEMS[s].fine_tuned)]
     if tuned and others:
         best = max(others, key=observed.__getitem__)
-        diff = scores[tuned] - scores[best]
         out["paired_test"] = {
             "system": tuned,
             "against": best,
-            "difference": observed[tuned] - observed[best],
-            "interval": interval(diff),
-            "p_value": float(max((diff <= 0).mean(), 1 / RESAMPLES)),
+            **_paired(scores[tuned], scores[best], observed[tuned] - observed[best]),
         }
     return out
+
+
+def paired_test(
+    gold: list[Any] | None, first: list[Any], second: list[Any], labels: list[str] | None, seed: int
+) -> dict[str, Any]:
+    """Is `first` better than `second` on the same examples? Their difference in the headline metric, its 95%
+    interval, and the share of paired resamples on which `first` does not lead (a one-sided p-value); the
+    arguments are those of `resampled_scores`."""
+    a, b = resampled_scores(gold, first, labels, seed), resampled_scores(gold, second, labels, seed)
+    observed = (
+        resampled_scores(gold, first, labels, None)[0] - resampled_scores(gold, second, labels, None)[0]
+    )
+    return _paired(a, b, float(observed))
+
+
+def _paired(first: np.ndarray, second: np.ndarray, observed: float) -> dict[str, Any]:
+    diff = first - second
+    return {
+        "difference": observed,
+        "interval": interval(diff),
+        "p_value": float(max((diff <= 0).mean(), 1 / RESAMPLES)),
+    }
 
 
 def perplexity_intervals(per_document: dict[str, list[tuple[float, int]]], seed: int) -> dict[str, Any]:

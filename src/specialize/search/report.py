@@ -82,6 +82,7 @@ def write_study_report(
     tuned: Path | None,
     default: Path | None,
     curve: list[CurvePoint],
+    verdict: dict[str, Any] | None = None,
 ) -> Path:
     """Write `search/summary.json` and `search/report.html`; returns the HTML's path.
 
@@ -93,6 +94,7 @@ def write_study_report(
         tuned: `eval/report.json` of the tuned config's full run.
         default: `eval/report.json` of the default config's full run.
         curve: the learning curve, smallest share first.
+        verdict: what the tuned and default runs' paired tests conclude (`search.verdict`).
     """
     out = study_dir / "search"
     header, rows = trials_table(result)
@@ -111,6 +113,7 @@ def write_study_report(
         "trials": [t.__dict__ for t in result.trials],
         "runs": {"tuned": str(tuned) if tuned else None, "default": str(default) if default else None},
         "learning_curve": [p.__dict__ for p in curve],
+        "verdict": verdict,
     }
     write_atomic(out / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False))
     done = sum(t.state == "completed" for t in result.trials)
@@ -125,9 +128,10 @@ def write_study_report(
         f"<p>{len(result.trials)} trials: {done} completed, {pruned} pruned. Objective: {result.metric} "
         f"({'higher' if result.maximize else 'lower'} is better) on a seeded sample of {result.sample} {rows_of} "
         f"(stratified by label for classification; labels and choices read under eval.scoring), evaluated every {result.eval_every} training examples; successive-halving pruning.</p>",
-        "<h2>Trials</h2>",
-        _table(header, rows),
     ]
+    if verdict:
+        parts += ["<h2>Verdict</h2>", *(f"<p>{html.escape(line)}</p>" for line in verdict["lines"])]
+    parts += ["<h2>Trials</h2>", _table(header, rows)]
     if best_config is not None and result.best is not None:
         parts += [
             f"<h2>Best config (trial {result.best.number})</h2>",

@@ -1,0 +1,115 @@
+"""What a study concludes, in the terms a user decides by: did the search beat the default config, and what to
+use on this task.
+
+The tuned and default runs answered the same validation examples, so both questions are paired tests on their
+`eval/report.json` (`evaluate.significance.paired_test`): the tuned fine-tune against the default one, and
+against the best system that needs no fine-tune. A lead inside the noise is called that, in both directions: on
+banking77 the search's winner led the default by 0.085 on its own sample and trailed it on the rest.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from specialize.evaluate.report import system_name
+
+SIGNIFICANT = 0.05
+PLAIN_NAMES = {
+    "base_zero_shot": "the base model, zero-shot",
+    "base_few_shot": "the base model with few-shot examples",
+    "base_rag": "the base model with retrieval (RAG)",
+}
+
+
+def study_verdict(
+    tuned: dict[str, Any], default: dict[str, Any], seed: int, chose_winner: bool = False
+) -> dict[str, Any] | None:
+    """The two paired tests and the sentences that state them, from the tuned and default runs' reports; None
+    where they cannot be paired (plain text, scored by perplexity per document, or different examples).
+
+    Args:
+        tuned: the tuned config's `eval/report.json`.
+        default: the default config's `eval/report.json`, on the same examples.
+        seed: the resampling seed (the study's).
+        chose_winner: the runs were evaluated on the rows the trials were ranked on (a search sample that held
+            the whole validation split), which flatters the winner; the verdict then says so.
+    """
+    from specialize.evaluate.metrics import per_example_scores
+    from specialize.evaluate.significance import paired_test
+
+    gold = tuned.get("gold") or []
+    if not gold or gold != default.get("gold") or "fine_tuned" not in tuned["systems"]:
+        return None
+    metric, labels = tuned["headline"], tuned.get("labels")
+
+    def answers(report: dict[str, Any], system: str) -> list[Any]:
+        predicted = report["systems"][system]["predictions"]
+        return predicted if labels else per_example_scores(tuned["task"], metric, gold, predicted)
+
+    def both_ways(first: list[Any], second: list[Any]) -> dict[str, Any]:
+        test = paired_test(gold, first, second, labels, seed)
+        test["p_value_reverse"] = paired_test(gold, second, first, labels, seed)["p_value"]
+        return test
+
+    ours = answers(tuned, "fine_tuned")
+    search = both_ways(ours, answers(default, "fine_tuned"))
+    lines = [_search_line(search, metric, len(gold))]
+    against = (tuned["significance"].get("paired_test") or {}).get("against")
+    verdict: dict[str, Any] = {"examples": len(gold), "metric": metric, "tuned_vs_default": search}
+    if against:
+        use = both_ways(ours, answers(tuned, against))
+        verdict["tuned_vs_best_alternative"] = {"against": against, **use}
+        how = (tuned.get("scoring") or {}).get("chosen", {}).get(against)
+        name = PLAIN_NAMES.get(against, system_name(against)) + (
+            f" ({how} scoring)" if how and how != "raw" else ""
+        )
+        lines.append(_use_line(use, name))
+    if chose_winner:
+        lines.append(
+            "These are the examples the trials were ranked on, so both figures flatter the tuned config; give "
+            "--sample fewer than the validation split, or --sample-from unused-train, for a fair comparison."
+        )
+    verdict["lines"] = lines
+    return verdict
+
+
+def _search_line(test: dict[str, Any], metric: str, n: int) -> str:
+    low, high = test["interval"]
+    figures = (
+        f"The tuned fine-tune scores {test['difference']:+.3f} {metric} against the default config's on these {n} "
+        f"examples (95% CI {low:+.3f} to {high:+.3f}"
+    )
+    if test["p_value"] < SIGNIFICANT:
+        return f"{figures}, p={test['p_value']:.3f}): the search helped."
+    if test["p_value_reverse"] < SIGNIFICANT:
+        return (
+            f"{figures}; p={test['p_value_reverse']:.3f} that the default does better): the default config does "
+            "better, and the search's winner was picked on noise in its sample."
+        )
+    return (
+        f"{figures}, p={test['p_value']:.3f}): no difference beyond noise; the search did not clearly help, and "
+        "the default config is as good on this evidence."
+    )
+
+
+def _use_line(test: dict[str, Any], alternative: str) -> str:
+    low, high = test["interval"]
+    gap, figures = test["difference"], f"95% CI {low:+.3f} to {high:+.3f}"
+    if test["p_value"] < SIGNIFICANT:
+        return (
+            f"Use the tuned fine-tune: it beats the best system without one, {alternative}, by {gap:.3f} "
+            f"({figures}, p={test['p_value']:.3f})."
+        )
+    if test["p_value_reverse"] < SIGNIFICANT:
+        return (
+            f"Use {alternative}: it beats the tuned fine-tune by {-gap:.3f} ({figures} for the fine-tune's lead, "
+            f"p={test['p_value_reverse']:.3f}) and needs no training."
+        )
+    leader, trailer, lead = (
+        ("the tuned fine-tune", alternative, gap) if gap > 0 else (alternative, "the tuned fine-tune", -gap)
+    )
+    return (
+        f"{leader[0].upper()}{leader[1:]} leads {trailer} by {lead:.3f}, within noise ({figures} for the "
+        f"fine-tune's lead, p={test['p_value']:.3f}): without training, {alternative} does as well on this "
+        "evidence; more validation examples could tell them apart."
+    )
