@@ -149,11 +149,13 @@ def tune(
         curve = _learning_curve(final_config, best.params, tuned, name, study, progress)
         from specialize.search import study_verdict, write_study_report
 
+        half = next((p for p in curve if p.fraction == 0.5), None)
         verdict = study_verdict(
             json.loads(tuned.eval.report_path.read_text(encoding="utf-8")),
             json.loads(default.eval.report_path.read_text(encoding="utf-8")),
             study_config.seed,
             chose_winner=final_config.eval.exclude_examples is None and searched.sample_from == "validation",
+            half_data=json.loads(Path(half.report).read_text(encoding="utf-8")) if half else None,
         )
         report = write_study_report(
             run_dir.root,
@@ -223,7 +225,9 @@ def _learning_curve(
         report = json.loads(result.eval.report_path.read_text(encoding="utf-8"))
         low, high = report["significance"]["intervals"]["fine_tuned"]
         value = report["systems"]["fine_tuned"][report["headline"]]
-        return CurvePoint(share, result.data.n_train, result.run_id, value, low, high)
+        return CurvePoint(
+            share, result.data.n_train, result.run_id, value, low, high, str(result.eval.report_path)
+        )
 
     points = []
     for share in CURVE_SHARES:

@@ -86,7 +86,7 @@ def test_a_study_keeps_to_its_budget_then_trains_the_best_config_next_to_the_def
     assert "train.learning_rate" in out and "learning curve" in out and "tuned config" in out
     # the verdict: the tuned fine-tune against the default one and the best alternative, paired on the same rows
     verdict = yaml.safe_load((study_dir / "search" / "summary.json").read_text())["verdict"]
-    assert verdict["examples"] == 6 and len(verdict["lines"]) == 2
+    assert verdict["examples"] == 6 and len(verdict["lines"]) == 3  # search, what to use, the second half
     assert {"difference", "interval", "p_value", "p_value_reverse"} <= set(verdict["tuned_vs_default"])
     assert verdict["tuned_vs_best_alternative"]["against"].startswith("base_")
     assert "<h2>Verdict</h2>" in html and "\nverdict:\n- The tuned fine-tune scores" in out

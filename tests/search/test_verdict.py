@@ -96,3 +96,16 @@ def test_runs_that_cannot_be_paired_have_no_verdict():
     assert study_verdict(text, text, seed=0) is None
     other_rows = report({"fine_tuned": GOLD}) | {"gold": list(reversed(GOLD))}
     assert study_verdict(report({"fine_tuned": GOLD}), other_rows, seed=0) is None
+
+
+def test_the_learning_curve_says_whether_the_second_half_of_the_data_helped():
+    tuned, default = report({"fine_tuned": GOLD, "base_rag": GOLD}), report({"fine_tuned": GOLD})
+    rising = study_verdict(tuned, default, 0, half_data=report({"fine_tuned": wrong(0.5)}))
+    flat = study_verdict(tuned, default, 0, half_data=report({"fine_tuned": GOLD}))
+
+    assert rising["full_vs_half_data"]["p_value"] < 0.05
+    assert rising["lines"][2].startswith(
+        "Trained on all its data instead of half, the tuned fine-tune scores +"
+    )
+    assert rising["lines"][2].endswith("more data of this kind is likely to help.")
+    assert flat["lines"][2].endswith("more of the same data may not help much.")

@@ -33,6 +33,7 @@ class CurvePoint:
     value: float
     low: float
     high: float
+    report: str  # the run's eval/report.json
 
 
 def trials_table(result: StudyResult) -> tuple[list[str], list[list[str]]]:

@@ -1,9 +1,9 @@
-"""What a study concludes, in the terms a user decides by: did the search beat the default config, and what to
-use on this task.
+"""What a study concludes, in the terms a user decides by: did the search beat the default config, what to use
+on this task, and would more data help.
 
-The tuned and default runs answered the same validation examples, so both questions are paired tests on their
-`eval/report.json` (`evaluate.significance.paired_test`): the tuned fine-tune against the default one, and
-against the best system that needs no fine-tune. A lead inside the noise is called that, in both directions: on
+The tuned and default runs (and the learning curve's) answered the same validation examples, so each question is
+a paired test on their `eval/report.json` (`evaluate.significance.paired_test`): the tuned fine-tune against the
+default one, against the best system that needs no fine-tune, and against itself trained on half the data. A lead inside the noise is called that, in both directions: on
 banking77 the search's winner led the default by 0.085 on its own sample and trailed it on the rest.
 """
 
@@ -22,7 +22,11 @@ PLAIN_NAMES = {
 
 
 def study_verdict(
-    tuned: dict[str, Any], default: dict[str, Any], seed: int, chose_winner: bool = False
+    tuned: dict[str, Any],
+    default: dict[str, Any],
+    seed: int,
+    chose_winner: bool = False,
+    half_data: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """The two paired tests and the sentences that state them, from the tuned and default runs' reports; None
     where they cannot be paired (plain text, scored by perplexity per document, or different examples).
@@ -33,6 +37,7 @@ def study_verdict(
         seed: the resampling seed (the study's).
         chose_winner: the runs were evaluated on the rows the trials were ranked on (a search sample that held
             the whole validation split), which flatters the winner; the verdict then says so.
+        half_data: the learning curve's run on half the training data (its fine-tuned system), if it has one.
     """
     from specialize.evaluate.metrics import per_example_scores
     from specialize.evaluate.significance import paired_test
@@ -64,6 +69,10 @@ def study_verdict(
             f" ({how} scoring)" if how and how != "raw" else ""
         )
         lines.append(_use_line(use, name))
+    if half_data and half_data.get("gold") == gold:
+        more = both_ways(ours, answers(half_data, "fine_tuned"))
+        verdict["full_vs_half_data"] = more
+        lines.append(_data_line(more, metric))
     if chose_winner:
         lines.append(
             "These are the examples the trials were ranked on, so both figures flatter the tuned config; give "
@@ -113,3 +122,16 @@ def _use_line(test: dict[str, Any], alternative: str) -> str:
         f"fine-tune's lead, p={test['p_value']:.3f}): without training, {alternative} does as well on this "
         "evidence; more validation examples could tell them apart."
     )
+
+
+def _data_line(test: dict[str, Any], metric: str) -> str:
+    low, high = test["interval"]
+    figures = (
+        f"Trained on all its data instead of half, the tuned fine-tune scores {test['difference']:+.3f} {metric} "
+        f"(95% CI {low:+.3f} to {high:+.3f}, p={test['p_value']:.3f})"
+    )
+    if test["p_value"] < SIGNIFICANT:
+        return f"{figures}: the curve still rises, so more data of this kind is likely to help."
+    if test["p_value_reverse"] < SIGNIFICANT:
+        return f"{figures}: more data made it worse; check the added rows and the training length first."
+    return f"{figures}: no gain beyond noise from the second half; more of the same data may not help much."
