@@ -28,7 +28,7 @@ def study_verdict(
     chose_winner: bool = False,
     half_data: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
-    """The two paired tests and the sentences that state them, from the tuned and default runs' reports; None
+    """The paired tests and the sentences that state them, from the tuned and default runs' reports; None
     where they cannot be paired (plain text, scored by perplexity per document, or different examples).
 
     Args:
