@@ -82,34 +82,41 @@ def study_verdict(
     return verdict
 
 
+def _outcome(test: dict[str, Any]) -> str:
+    """Whether the first system of a paired test is better, worse, or neither beyond noise."""
+    if test["p_value"] < SIGNIFICANT:
+        return "better"
+    return "worse" if test["p_value_reverse"] < SIGNIFICANT else "noise"
+
+
 def _search_line(test: dict[str, Any], metric: str, n: int) -> str:
     low, high = test["interval"]
     figures = (
         f"The tuned fine-tune scores {test['difference']:+.3f} {metric} against the default config's on these {n} "
         f"examples (95% CI {low:+.3f} to {high:+.3f}"
     )
-    if test["p_value"] < SIGNIFICANT:
-        return f"{figures}, p={test['p_value']:.3f}): the search helped."
-    if test["p_value_reverse"] < SIGNIFICANT:
-        return (
-            f"{figures}; p={test['p_value_reverse']:.3f} that the default does better): the default config does "
-            "better, and the search's winner was picked on noise in its sample."
-        )
     return (
-        f"{figures}, p={test['p_value']:.3f}): no difference beyond noise; the search did not clearly help, and "
-        "the default config is as good on this evidence."
+        figures
+        + {
+            "better": f", p={test['p_value']:.3f}): the search helped.",
+            "worse": f"; p={test['p_value_reverse']:.3f} that the default does better): the default config does better, "
+            "and the search's winner was picked on noise in its sample.",
+            "noise": f", p={test['p_value']:.3f}): no difference beyond noise; the search did not clearly help, and the "
+            "default config is as good on this evidence.",
+        }[_outcome(test)]
     )
 
 
 def _use_line(test: dict[str, Any], alternative: str) -> str:
     low, high = test["interval"]
     gap, figures = test["difference"], f"95% CI {low:+.3f} to {high:+.3f}"
-    if test["p_value"] < SIGNIFICANT:
+    outcome = _outcome(test)
+    if outcome == "better":
         return (
             f"Use the tuned fine-tune: it beats the best system without one, {alternative}, by {gap:.3f} "
             f"({figures}, p={test['p_value']:.3f})."
         )
-    if test["p_value_reverse"] < SIGNIFICANT:
+    if outcome == "worse":
         return (
             f"Use {alternative}: it beats the tuned fine-tune by {-gap:.3f} ({figures} for the fine-tune's lead, "
             f"p={test['p_value_reverse']:.3f}) and needs no training."
@@ -130,8 +137,11 @@ def _data_line(test: dict[str, Any], metric: str) -> str:
         f"Trained on all its data instead of half, the tuned fine-tune scores {test['difference']:+.3f} {metric} "
         f"(95% CI {low:+.3f} to {high:+.3f}, p={test['p_value']:.3f})"
     )
-    if test["p_value"] < SIGNIFICANT:
-        return f"{figures}: the curve still rises, so more data of this kind is likely to help."
-    if test["p_value_reverse"] < SIGNIFICANT:
-        return f"{figures}: more data made it worse; check the added rows and the training length first."
-    return f"{figures}: no gain beyond noise from the second half; more of the same data may not help much."
+    return (
+        figures
+        + {
+            "better": ": the curve still rises, so more data of this kind is likely to help.",
+            "worse": ": more data made it worse; check the added rows and the training length first.",
+            "noise": ": no gain beyond noise from the second half; more of the same data may not help much.",
+        }[_outcome(test)]
+    )
