@@ -79,7 +79,7 @@ def test_the_trial_metric_is_the_evaluations_fine_tuned_macro_f1_under_the_same_
         assert value == variants[scoring]["value"]
 
 
-def test_the_sample_of_a_labelled_split_covers_every_label_before_any_twice(tmp_path):
+def test_the_sample_of_a_labelled_split_covers_every_label_before_any_twice(tmp_path, caplog):
     labels = [f"intent_{i:02d}" for i in range(20)]
     # 20 labels, unevenly common (1 to 5 rows each): a plain random 30 would miss several of the rare ones
     rows = [
@@ -102,6 +102,12 @@ def test_the_sample_of_a_labelled_split_covers_every_label_before_any_twice(tmp_
     assert write_sample(search, data, 30, seed=3) == chosen, "the same sample wherever it is drawn"
     by_size = Counter(1 + labels.index(label) % 5 for label in counts for _ in range(counts[label]))
     assert by_size[5] > by_size[1], "past one each, the common labels get more, as in the split"
+    # 1.5 rows per label: its macro-F1 cannot rank trials, and the search says so; 3 per label is enough
+    [thin] = [r.getMessage() for r in caplog.records if "examples per label" in r.getMessage()][:1]
+    assert "has 1.5 examples per label (30 over 20 labels)" in thin and "--sample-from unused-train" in thin
+    caplog.clear()
+    write_sample(search, data, 60, seed=3)
+    assert not [r for r in caplog.records if "examples per label" in r.getMessage()]
 
 
 def test_multiple_choice_is_read_as_the_evaluation_reads_it(tmp_path, tiny_model_dir):
