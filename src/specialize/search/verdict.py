@@ -3,8 +3,9 @@ on this task, and would more data help.
 
 The tuned and default runs (and the learning curve's) answered the same validation examples, so each question is
 a paired test on their `eval/report.json` (`evaluate.significance.paired_test`): the tuned fine-tune against the
-default one, against the best system that needs no fine-tune, and against itself trained on half the data. A lead inside the noise is called that, in both directions: on
-banking77 the search's winner led the default by 0.085 on its own sample and trailed it on the rest.
+default one, against the best system that needs no fine-tune, and against itself trained on half the data. A
+lead inside the noise is called that, in both directions: on banking77 the search's winner led the default by
+0.085 on its own sample and trailed it on the rest.
 """
 
 from __future__ import annotations
@@ -99,10 +100,10 @@ def _search_line(test: dict[str, Any], metric: str, n: int) -> str:
         figures
         + {
             "better": f", p={test['p_value']:.3f}): the search helped.",
-            "worse": f"; p={test['p_value_reverse']:.3f} that the default does better): the default config does better, "
-            "and the search's winner was picked on noise in its sample.",
-            "noise": f", p={test['p_value']:.3f}): no difference beyond noise; the search did not clearly help, and the "
-            "default config is as good on this evidence.",
+            "worse": f"; p={test['p_value_reverse']:.3f} that the default does better): the default config "
+            "does better, and the search's winner was picked on noise in its sample.",
+            "noise": f", p={test['p_value']:.3f}): no difference beyond noise; the search did not clearly help, "
+            "and the default config is as good on this evidence.",
         }[_outcome(test)]
     )
 
