@@ -154,7 +154,7 @@ def tune(
             json.loads(tuned.eval.report_path.read_text(encoding="utf-8")),
             json.loads(default.eval.report_path.read_text(encoding="utf-8")),
             study_config.seed,
-            chose_winner=final_config.eval.exclude_examples is None and searched.sample_from == "validation",
+            chose_winner=_sample_is_whole_split(searched, data.n_validation),
             half_data=json.loads(Path(half.report).read_text(encoding="utf-8")) if half else None,
         )
         report = write_study_report(
@@ -187,7 +187,7 @@ def _held_out(config: RunConfig, sample: Path, searched: StudyResult, n_validati
     of left-out training rows (`unused-train`) leaves the whole split to the comparison."""
     if searched.sample_from != "validation":
         return config
-    if searched.sample >= n_validation:
+    if _sample_is_whole_split(searched, n_validation):
         log.warning(
             "the search sample holds all %d validation examples: the tuned and default runs are compared on the "
             "examples that chose the winner; give --sample fewer than the split for a held-out comparison",
@@ -195,6 +195,11 @@ def _held_out(config: RunConfig, sample: Path, searched: StudyResult, n_validati
         )
         return config
     return config.model_copy(update={"eval": config.eval.model_copy(update={"exclude_examples": sample})})
+
+
+def _sample_is_whole_split(searched: StudyResult, n_validation: int) -> bool:
+    """The trials were ranked on every validation row, so the final runs can only be judged on those."""
+    return searched.sample_from == "validation" and searched.sample >= n_validation
 
 
 def _mirror_study(study: str, storage: str | None) -> None:

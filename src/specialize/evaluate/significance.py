@@ -76,23 +76,24 @@ def compare_systems(
 def paired_test(
     gold: list[Any] | None, first: list[Any], second: list[Any], labels: list[str] | None, seed: int
 ) -> dict[str, Any]:
-    """Is `first` better than `second` on the same examples? Their difference in the headline metric, its 95%
-    interval, and the share of paired resamples on which `first` does not lead (a one-sided p-value); the
-    arguments are those of `resampled_scores`."""
+    """Is `first` better than `second` on the same examples, or worse? Their difference in the headline metric,
+    its 95% interval, the share of paired resamples on which `first` does not lead (a one-sided p-value) and the
+    share on which `second` does not (`p_value_reverse`); the arguments are those of `resampled_scores`."""
     a, b = resampled_scores(gold, first, labels, seed), resampled_scores(gold, second, labels, seed)
     observed = (
         resampled_scores(gold, first, labels, None)[0] - resampled_scores(gold, second, labels, None)[0]
     )
-    return _paired(a, b, float(observed))
+    return {**_paired(a, b, float(observed)), "p_value_reverse": _p_value(b - a)}
 
 
 def _paired(first: np.ndarray, second: np.ndarray, observed: float) -> dict[str, Any]:
     diff = first - second
-    return {
-        "difference": observed,
-        "interval": interval(diff),
-        "p_value": float(max((diff <= 0).mean(), 1 / RESAMPLES)),
-    }
+    return {"difference": observed, "interval": interval(diff), "p_value": _p_value(diff)}
+
+
+def _p_value(diff: np.ndarray) -> float:
+    """The share of resampled differences at or below zero, never under one resample's worth."""
+    return float(max((diff <= 0).mean(), 1 / RESAMPLES))
 
 
 def perplexity_intervals(per_document: dict[str, list[tuple[float, int]]], seed: int) -> dict[str, Any]:

@@ -52,18 +52,13 @@ def study_verdict(
         predicted = report["systems"][system]["predictions"]
         return predicted if labels else per_example_scores(tuned["task"], metric, gold, predicted)
 
-    def both_ways(first: list[Any], second: list[Any]) -> dict[str, Any]:
-        test = paired_test(gold, first, second, labels, seed)
-        test["p_value_reverse"] = paired_test(gold, second, first, labels, seed)["p_value"]
-        return test
-
     ours = answers(tuned, "fine_tuned")
-    search = both_ways(ours, answers(default, "fine_tuned"))
+    search = paired_test(gold, ours, answers(default, "fine_tuned"), labels, seed)
     lines = [_search_line(search, metric, len(gold))]
     against = (tuned["significance"].get("paired_test") or {}).get("against")
     verdict: dict[str, Any] = {"examples": len(gold), "metric": metric, "tuned_vs_default": search}
     if against:
-        use = both_ways(ours, answers(tuned, against))
+        use = paired_test(gold, ours, answers(tuned, against), labels, seed)
         verdict["tuned_vs_best_alternative"] = {"against": against, **use}
         how = (tuned.get("scoring") or {}).get("chosen", {}).get(against)
         name = PLAIN_NAMES.get(against, system_name(against)) + (
@@ -71,7 +66,7 @@ def study_verdict(
         )
         lines.append(_use_line(use, name))
     if half_data and half_data.get("gold") == gold:
-        more = both_ways(ours, answers(half_data, "fine_tuned"))
+        more = paired_test(gold, ours, answers(half_data, "fine_tuned"), labels, seed)
         verdict["full_vs_half_data"] = more
         lines.append(_data_line(more, metric))
     if chose_winner:
